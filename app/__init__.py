@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI app, model registry, batching and the web page."""

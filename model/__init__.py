@@ -1,0 +1,1 @@
+"""Everything needed to run a generator: networks, spec, checkpoints, pre/post-processing."""

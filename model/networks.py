@@ -1,0 +1,200 @@
+"""The pix2pix networks: the U-Net generator and the conditional PatchGAN discriminator."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from model.spec import GeneratorArchitecture
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The normalization named by ``kind``; instance norm has no affine params, like the paper."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r} (expected batch, instance or none)")
+
+
+def _conv_bias(norm: str) -> bool:
+    # Batch norm's shift makes a conv bias redundant; instance norm without affine and no norm
+    # at all need it. This also reproduces the reference implementation's parameter counts.
+    return norm != "batch"
+
+
+class DownBlock(nn.Module):
+    """Encoder step: [LeakyReLU] -> 4x4 conv stride 2 -> [norm]."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str, *, first: bool, last: bool):
+        super().__init__()
+        use_norm = not first and not last
+        self.activation = nn.Identity() if first else nn.LeakyReLU(0.2, inplace=True)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=4,
+            stride=2,
+            padding=1,
+            bias=_conv_bias(norm),
+        )
+        self.norm = norm_layer(norm, out_channels) if use_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(self.activation(x)))
+
+
+class UpBlock(nn.Module):
+    """Decoder step: ReLU -> 4x4 transposed conv stride 2 -> norm -> [dropout 0.5]."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str, *, dropout: bool):
+        super().__init__()
+        self.activation = nn.ReLU(inplace=True)
+        self.conv = nn.ConvTranspose2d(
+            in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=_conv_bias(norm)
+        )
+        self.norm = norm_layer(norm, out_channels)
+        self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.norm(self.conv(self.activation(x))))
+
+
+class UNetGenerator(nn.Module):
+    """The pix2pix U-Net: an encoder-decoder with skip connections between mirrored layers.
+
+    With ``num_downs`` = 8 and ``base_width`` = 64 the encoder is C64-C128-C256-C512-C512-C512-
+    C512-C512 and a 256x256 input reaches a 1x1 bottleneck; ``num_downs`` = 7 suits 128 px.
+    Inputs must have sides divisible by ``2 ** num_downs``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        num_downs: int = 8,
+        base_width: int = 64,
+        norm: str = "batch",
+        dropout: bool = True,
+    ):
+        super().__init__()
+        if num_downs < 1:
+            raise ValueError(f"num_downs must be at least 1, got {num_downs}")
+        widths = [base_width * min(2**level, 8) for level in range(num_downs)]
+        self.num_downs = num_downs
+
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for level, width in enumerate(widths):
+            self.encoder.append(
+                DownBlock(previous, width, norm, first=level == 0, last=level == num_downs - 1)
+            )
+            previous = width
+
+        # Decoder blocks run from the bottleneck outwards. The innermost one receives only the
+        # bottleneck; every other one receives its input concatenated with the mirrored skip.
+        self.decoder = nn.ModuleList()
+        for level in reversed(range(1, num_downs)):
+            inner = widths[level] if level == num_downs - 1 else widths[level] * 2
+            depth_from_bottom = num_downs - 1 - level
+            self.decoder.append(
+                UpBlock(inner, widths[level - 1], norm, dropout=dropout and depth_from_bottom < 3)
+            )
+        outer_input = widths[0] * 2 if num_downs > 1 else widths[0]
+        self.output = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(outer_input, out_channels, kernel_size=4, stride=2, padding=1),
+            nn.Tanh(),
+        )
+
+    @property
+    def multiple(self) -> int:
+        return 2**self.num_downs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        skips.pop()  # the bottleneck feeds the decoder directly
+        for block in self.decoder:
+            x = block(x)
+            x = torch.cat([skips.pop(), x], dim=1)
+        return self.output(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """Conditional PatchGAN: classifies overlapping patches of concat(A, B) as real or fake.
+
+    ``n_layers`` sets the receptive field: 0 is the 1x1 PixelGAN, 1 gives 16x16 patches,
+    3 the paper's 70x70 (C64-C128-C256-C512), 5 the 286x286 ImageGAN at 256 px.
+    The output is one logit per patch (no sigmoid; the loss applies it).
+    """
+
+    def __init__(
+        self, in_channels: int = 6, base_width: int = 64, n_layers: int = 3, norm: str = "batch"
+    ):
+        super().__init__()
+        bias = _conv_bias(norm)
+        if n_layers == 0:
+            layers: list[nn.Module] = [
+                nn.Conv2d(in_channels, base_width, kernel_size=1),
+                nn.LeakyReLU(0.2, inplace=True),
+                nn.Conv2d(base_width, base_width * 2, kernel_size=1, bias=bias),
+                norm_layer(norm, base_width * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+                nn.Conv2d(base_width * 2, 1, kernel_size=1, bias=bias),
+            ]
+            self.model = nn.Sequential(*layers)
+            return
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
+        conv = functools.partial(nn.Conv2d, kernel_size=4, padding=1)
+        layers = [conv(in_channels, base_width, stride=2), nn.LeakyReLU(0.2, inplace=True)]
+        width = base_width
+        for layer in range(1, n_layers + 1):
+            next_width = base_width * min(2**layer, 8)
+            stride = 2 if layer < n_layers else 1
+            layers += [
+                conv(width, next_width, stride=stride, bias=bias),
+                norm_layer(norm, next_width),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            width = next_width
+        layers.append(conv(width, 1, stride=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat([condition, image], dim=1))
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """The paper's init: conv weights N(0, 0.02), norm weights N(1, 0.02), biases zero."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(layer.weight, 0.0, gain)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2d | nn.InstanceNorm2d) and layer.weight is not None:
+            nn.init.normal_(layer.weight, 1.0, gain)
+            nn.init.zeros_(layer.bias)
+
+
+def build_generator(architecture: GeneratorArchitecture, in_channels: int, out_channels: int):
+    """The generator described by a spec's architecture (weights uninitialized)."""
+    return UNetGenerator(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        num_downs=architecture.num_downs,
+        base_width=architecture.base_width,
+        norm=architecture.norm,
+        dropout=architecture.dropout,
+    )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())

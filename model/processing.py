@@ -1,0 +1,241 @@
+"""Pre- and post-processing: the one path from an image to the generator's tensors and back.
+
+Training and serving both call these functions, so what is served is exactly what was trained:
+``prepare_input`` turns a decoded image into the canonical array for the spec's input kind,
+``encode_input``/``encode_target`` turn arrays into network tensors, ``decode_output`` turns the
+network's output back into an RGB image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as functional
+from PIL import Image, ImageOps
+
+from model.errors import InputError
+from model.spec import GeneratorSpec
+
+# Lab scaling: L in [0, 100] and ab roughly in [-110, 110] map to [-1, 1].
+L_SCALE = 50.0
+AB_SCALE = 110.0
+
+# sRGB (D65) <-> XYZ matrices.
+_RGB_TO_XYZ = np.array(
+    [
+        [0.412453, 0.357580, 0.180423],
+        [0.212671, 0.715160, 0.072169],
+        [0.019334, 0.119193, 0.950227],
+    ],
+    dtype=np.float32,
+)
+_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ).astype(np.float32)
+_WHITE = np.array([0.950456, 1.0, 1.088754], dtype=np.float32)
+
+
+# -- color ------------------------------------------------------------------------------------
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32 Lab (H, W, 3), L in [0, 100]."""
+    linear = rgb.astype(np.float32) / 255.0
+    linear = np.where(linear > 0.04045, ((linear + 0.055) / 1.055) ** 2.4, linear / 12.92)
+    xyz = linear @ _RGB_TO_XYZ.T / _WHITE
+    cube = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    lightness = 116.0 * cube[..., 1] - 16.0
+    a = 500.0 * (cube[..., 0] - cube[..., 1])
+    b = 200.0 * (cube[..., 1] - cube[..., 2])
+    return np.stack([lightness, a, b], axis=-1).astype(np.float32)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """float Lab (H, W, 3) -> uint8 RGB (H, W, 3), out-of-gamut colors clipped."""
+    lab = lab.astype(np.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    fx = fy + lab[..., 1] / 500.0
+    fz = fy - lab[..., 2] / 200.0
+    cube = np.stack([fx, fy, fz], axis=-1)
+    xyz = np.where(cube > 0.206893, cube**3, (cube - 16.0 / 116.0) / 7.787) * _WHITE
+    linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0.0, 1.0)
+    srgb = np.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
+    return np.clip(np.rint(srgb * 255.0), 0, 255).astype(np.uint8)
+
+
+# -- decoded image -> canonical array ---------------------------------------------------------
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited onto white, 16-bit is scaled down."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def label_ids_from_image(image: Image.Image, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
+    """A label map image -> (H, W) uint8 class ids, checked against the spec's palette.
+
+    Mode L or P images hold class ids as pixel values; RGB(A) images are color-coded and are
+    mapped through the palette's colors (within ``tolerance`` per channel, for JPEG-ed maps).
+    """
+    if image.mode in ("L", "P"):
+        ids = np.asarray(image, dtype=np.uint8)
+        known = np.array(sorted(c.id for c in spec.palette), dtype=np.uint8)
+        unknown = np.setdiff1d(np.unique(ids), known)
+        if unknown.size:
+            shown = ", ".join(str(v) for v in unknown[:10])
+            raise InputError(
+                f"label map holds class ids not in the palette: {shown} "
+                f"(palette ids are {', '.join(str(v) for v in known)})"
+            )
+        return ids
+    rgb = np.asarray(to_rgb(image), dtype=np.int16)
+    return ids_from_colors(rgb, spec, tolerance)
+
+
+def ids_from_colors(rgb: np.ndarray, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
+    """Color-coded label map (H, W, 3) -> class ids; every color must be a palette color."""
+    colors = np.array([c.color for c in spec.palette], dtype=np.int16)
+    ids = np.array([c.id for c in spec.palette], dtype=np.uint8)
+    flat = rgb.reshape(-1, 3).astype(np.int16)
+    unique, inverse = np.unique(flat, axis=0, return_inverse=True)
+    distance = np.abs(unique[:, None, :] - colors[None, :, :]).max(axis=2)
+    nearest = distance.argmin(axis=1)
+    bad = distance[np.arange(len(unique)), nearest] > tolerance
+    if bad.any():
+        shown = ", ".join(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in unique[bad][:10])
+        raise InputError(
+            f"label map has {int(bad.sum())} color(s) not in the palette: {shown}"
+            + (f" (tolerance {tolerance})" if tolerance else "")
+        )
+    return ids[nearest][inverse.reshape(-1)].reshape(rgb.shape[:2])
+
+
+def prepare_input(image: Image.Image, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
+    """A decoded input image -> the canonical uint8 array for the spec's input kind.
+
+    photo: (H, W, 3) RGB, or (H, W) gray for one-channel photo models; grayscale with rgb color
+    space: (H, W) gray; grayscale with lab: (H, W, 3) RGB (L is taken in ``encode_input``);
+    label_map: (H, W) class ids.
+    """
+    image = ImageOps.exif_transpose(image)
+    if spec.input_kind == "label_map":
+        return label_ids_from_image(image, spec, tolerance)
+    rgb = to_rgb(image)
+    if spec.input_kind == "grayscale" and spec.color_space == "lab":
+        return np.asarray(rgb, dtype=np.uint8)
+    if spec.in_channels == 1:
+        return np.asarray(rgb.convert("L"), dtype=np.uint8)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def prepare_target(image: Image.Image, spec: GeneratorSpec) -> np.ndarray:
+    """A decoded target image -> (H, W, 3) RGB or (H, W) gray uint8, per the spec's output."""
+    rgb = to_rgb(ImageOps.exif_transpose(image))
+    if spec.color_space == "rgb" and spec.out_channels == 1:
+        return np.asarray(rgb.convert("L"), dtype=np.uint8)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+# -- canonical array <-> tensor ---------------------------------------------------------------
+
+
+def _unit_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W[, C]) -> float32 (C, H, W) in [-1, 1]."""
+    tensor = torch.from_numpy(array.astype(np.float32))
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    return tensor / 127.5 - 1.0
+
+
+def encode_input(array: np.ndarray, spec: GeneratorSpec) -> torch.Tensor:
+    """Canonical input array -> network input (C, H, W) float32."""
+    if spec.input_kind == "label_map":
+        ids = torch.from_numpy(array.astype(np.int64))
+        lookup = torch.zeros(256, dtype=torch.long)
+        for position, label in enumerate(spec.palette):
+            lookup[label.id] = position
+        positions = lookup[ids]
+        if spec.one_hot:
+            return functional.one_hot(positions, spec.num_classes).permute(2, 0, 1).float()
+        scale = max(spec.num_classes - 1, 1)
+        return (positions.float() / scale * 2.0 - 1.0).unsqueeze(0)
+    if spec.color_space == "lab":
+        lightness = rgb_to_lab(array)[..., 0]
+        return torch.from_numpy(lightness / L_SCALE - 1.0).unsqueeze(0)
+    return _unit_tensor(array)
+
+
+def encode_target(array: np.ndarray, spec: GeneratorSpec) -> torch.Tensor:
+    """Canonical target array -> network target (C, H, W) float32 (ab for Lab models)."""
+    if spec.color_space == "lab":
+        ab = rgb_to_lab(array)[..., 1:] / AB_SCALE
+        return torch.from_numpy(np.ascontiguousarray(ab)).permute(2, 0, 1)
+    return _unit_tensor(array)
+
+
+def decode_output(
+    output: torch.Tensor, spec: GeneratorSpec, input_array: np.ndarray | None = None
+) -> np.ndarray:
+    """Network output (C, H, W) -> uint8 RGB (H, W, 3); Lab models recombine with input L."""
+    output = output.detach().float().cpu().clamp(-1.0, 1.0)
+    if spec.color_space == "lab":
+        if input_array is None:
+            raise ValueError("a lab generator's output needs the input image to recombine L")
+        lightness = rgb_to_lab(input_array)[..., :1]
+        ab = output.permute(1, 2, 0).numpy() * AB_SCALE
+        return lab_to_rgb(np.concatenate([lightness, ab], axis=-1))
+    image = ((output + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    image = image.permute(1, 2, 0).numpy()
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image
+
+
+def input_preview(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
+    """What a person should see of an input: palette colors for label maps, gray as RGB."""
+    if spec.input_kind == "label_map":
+        lookup = np.zeros((256, 3), dtype=np.uint8)
+        for label in spec.palette:
+            lookup[label.id] = label.color
+        return lookup[array]
+    if spec.color_space == "lab":
+        lightness = rgb_to_lab(array)[..., 0]
+        gray = np.clip(lightness / 100.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    return array
+
+
+# -- sizes ------------------------------------------------------------------------------------
+
+
+def pad_to_multiple(batch: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad (N, C, H, W) on the bottom/right up to a multiple; returns original size.
+
+    Reflection needs the pad to be smaller than the side, so small images are padded in
+    several reflections.
+    """
+    height, width = batch.shape[-2:]
+    target_h = -(-height // multiple) * multiple
+    target_w = -(-width // multiple) * multiple
+    padded = batch
+    while padded.shape[-2] < target_h or padded.shape[-1] < target_w:
+        current_h, current_w = padded.shape[-2:]
+        pad_h = min(target_h - current_h, current_h - 1)
+        pad_w = min(target_w - current_w, current_w - 1)
+        if pad_h <= 0 and pad_w <= 0:  # a 1-pixel side cannot reflect
+            padded = functional.pad(
+                padded, (0, target_w - current_w, 0, target_h - current_h), mode="replicate"
+            )
+            break
+        padded = functional.pad(padded, (0, max(pad_w, 0), 0, max(pad_h, 0)), mode="reflect")
+    return padded, (height, width)

@@ -1,0 +1,236 @@
+"""The generator spec: the input/output contract that travels with a generator's weights.
+
+Everything downstream (translate, serve, export, evaluate) reads the spec and never guesses:
+architecture and size, channels, color space, label palette, value range, training size,
+padding multiple, and whether dropout/normalization run in train or eval mode at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from model.errors import SpecError
+
+SPEC_VERSION = 1
+SPEC_FILENAME = "spec.json"
+
+InputKind = Literal["photo", "grayscale", "label_map"]
+ColorSpace = Literal["rgb", "lab"]
+NormKind = Literal["batch", "instance", "none"]
+InferenceMode = Literal["eval", "train"]
+
+INPUT_KINDS = ("photo", "grayscale", "label_map")
+COLOR_SPACES = ("rgb", "lab")
+NORM_KINDS = ("batch", "instance", "none")
+INFERENCE_MODES = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """One entry of a label palette: class index, human name, and display color."""
+
+    id: int
+    name: str
+    color: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.id <= 255:
+            raise SpecError(f"label class id {self.id} is outside 0..255")
+        if len(self.color) != 3 or not all(0 <= c <= 255 for c in self.color):
+            raise SpecError(f"label class {self.name!r} has invalid color {self.color!r}")
+        object.__setattr__(self, "color", tuple(int(c) for c in self.color))
+
+
+@dataclass(frozen=True)
+class GeneratorArchitecture:
+    """The U-Net's shape: enough to rebuild the network before loading its weights."""
+
+    name: str = "unet"
+    num_downs: int = 8
+    base_width: int = 64
+    norm: NormKind = "batch"
+    dropout: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name != "unet":
+            raise SpecError(f"unknown generator architecture {self.name!r} (expected 'unet')")
+        if not 1 <= self.num_downs <= 10:
+            raise SpecError(f"num_downs must be between 1 and 10, got {self.num_downs}")
+        if self.base_width < 1:
+            raise SpecError(f"base_width must be positive, got {self.base_width}")
+        if self.norm not in NORM_KINDS:
+            raise SpecError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What a generator expects as input and produces as output.
+
+    - ``input_kind``: ``photo`` (RGB image), ``grayscale`` (one channel, or L of Lab when
+      ``color_space`` is ``lab``) or ``label_map`` (class indices through ``palette``).
+    - ``color_space``: ``rgb``, or ``lab`` for colorization (L in, ab out, recombined with L).
+    - ``one_hot``: label maps enter the network as one channel per palette class.
+    - ``value_range``: the range of image tensors at the network's boundary.
+    - ``train_size``: the crop size the generator was trained on.
+    - ``pad_multiple``: inputs are padded (by reflection) to a multiple of this and cropped back.
+    - ``inference_mode``: ``eval`` uses running norm statistics and no dropout; ``train`` keeps
+      dropout and batch statistics at test time, as the pix2pix paper does.
+    """
+
+    architecture: GeneratorArchitecture
+    in_channels: int
+    out_channels: int
+    input_kind: InputKind = "photo"
+    color_space: ColorSpace = "rgb"
+    palette: tuple[LabelClass, ...] = ()
+    one_hot: bool = False
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    train_size: int = 256
+    pad_multiple: int = 256
+    inference_mode: InferenceMode = "eval"
+    task: str = ""
+    direction: str = "AtoB"
+    version: int = SPEC_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.input_kind not in INPUT_KINDS:
+            raise SpecError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
+        if self.color_space not in COLOR_SPACES:
+            raise SpecError(f"color_space must be one of {COLOR_SPACES}, got {self.color_space!r}")
+        if self.inference_mode not in INFERENCE_MODES:
+            raise SpecError(
+                f"inference_mode must be one of {INFERENCE_MODES}, got {self.inference_mode!r}"
+            )
+        if self.input_kind == "label_map":
+            if not self.palette:
+                raise SpecError("a label_map generator needs a palette")
+            ids = [c.id for c in self.palette]
+            if len(set(ids)) != len(ids):
+                raise SpecError("palette class ids must be unique")
+            colors = [c.color for c in self.palette]
+            if len(set(colors)) != len(colors):
+                raise SpecError("palette colors must be unique")
+            expected = len(self.palette) if self.one_hot else 1
+            if self.in_channels != expected:
+                raise SpecError(
+                    f"a label_map generator with {len(self.palette)} classes and "
+                    f"one_hot={self.one_hot} takes {expected} input channels, "
+                    f"not {self.in_channels}"
+                )
+        if self.color_space == "lab":
+            if self.input_kind != "grayscale" or self.in_channels != 1 or self.out_channels != 2:
+                raise SpecError("a lab generator takes grayscale L (1 channel) and returns ab (2)")
+        elif self.out_channels not in (1, 3):
+            raise SpecError(f"an rgb generator returns 1 or 3 channels, not {self.out_channels}")
+        if self.input_kind == "photo" and self.in_channels not in (1, 3):
+            raise SpecError(f"a photo generator takes 1 or 3 channels, not {self.in_channels}")
+        if self.input_kind == "grayscale" and self.in_channels != 1:
+            raise SpecError(f"a grayscale generator takes 1 channel, not {self.in_channels}")
+        if self.pad_multiple < 1:
+            raise SpecError(f"pad_multiple must be positive, got {self.pad_multiple}")
+        if self.direction not in ("AtoB", "BtoA"):
+            raise SpecError(f"direction must be AtoB or BtoA, got {self.direction!r}")
+
+    # -- serialization ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["palette"] = [
+            {"id": c.id, "name": c.name, "color": list(c.color)} for c in self.palette
+        ]
+        data["value_range"] = list(self.value_range)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneratorSpec:
+        if not isinstance(data, dict):
+            raise SpecError("a spec must be a JSON object")
+        data = dict(data)
+        version = data.get("version", SPEC_VERSION)
+        if version > SPEC_VERSION:
+            raise SpecError(
+                f"spec version {version} is newer than this program understands ({SPEC_VERSION})"
+            )
+        for key in ("architecture", "in_channels", "out_channels"):
+            if key not in data:
+                raise SpecError(f"spec is missing the field {key!r}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"spec has unknown fields: {', '.join(unknown)}")
+        try:
+            data["architecture"] = GeneratorArchitecture(**data["architecture"])
+            data["palette"] = tuple(
+                LabelClass(id=int(c["id"]), name=str(c["name"]), color=tuple(c["color"]))
+                for c in data.get("palette", ())
+            )
+        except (TypeError, KeyError) as error:
+            raise SpecError(f"spec field is malformed: {error}") from error
+        if "value_range" in data:
+            data["value_range"] = tuple(float(v) for v in data["value_range"])
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise SpecError(f"spec is malformed: {error}") from error
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GeneratorSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SpecError(f"spec is not valid JSON: {error}") from error
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec atomically; ``path`` is a file or a directory (gets spec.json)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SPEC_FILENAME
+        write_text_atomic(path, self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> GeneratorSpec:
+        path = Path(path)
+        if path.is_dir():
+            path = path / SPEC_FILENAME
+        if not path.is_file():
+            raise SpecError(f"{path}: no spec file here")
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except SpecError as error:
+            raise SpecError(f"{path}: {error}") from error
+
+    # -- derived facts ---------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.palette)
+
+    def class_index(self) -> dict[int, int]:
+        """Map palette class id -> channel position (ids need not be contiguous)."""
+        return {c.id: position for position, c in enumerate(self.palette)}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""The pix2pix command line: the one place that reaches model, training and app."""

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny datasets on disk and tiny configs, so the suite runs fast on 2 cores."""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.config import Config, load_config, set_value
+
+torch.set_num_threads(2)
+
+TINY_OVERRIDES = {
+    "generator.num_downs": "5",
+    "generator.base_width": "8",
+    "discriminator.base_width": "8",
+    "data.load_size": "36",
+    "data.crop_size": "32",
+    "data.num_workers": "0",
+    "train.batch_size": "2",
+    "train.log_every": "5",
+    "train.sample_every": "1000",
+    "train.save_every": "1000",
+}
+
+
+def tiny_config(root: Path, runs: Path, name: str = "tiny", **overrides: str) -> Config:
+    """A config for a 32 px, 8-wide model on the dataset at ``root``."""
+    config = load_config(None, {"data.root": str(root), "runs_dir": str(runs), "name": name})
+    for key, value in {**TINY_OVERRIDES, **overrides}.items():
+        set_value(config, key, value)
+    return config.validate()
+
+
+PALETTE = [
+    {"id": 0, "name": "sky", "color": [90, 150, 230]},
+    {"id": 1, "name": "grass", "color": [60, 170, 60]},
+    {"id": 2, "name": "rock", "color": [120, 110, 100]},
+]
+
+
+def palette_image(ids: np.ndarray) -> Image.Image:
+    image = Image.fromarray(ids.astype(np.uint8), "P")
+    colors = functools.reduce(operator.iadd, (entry["color"] for entry in PALETTE), [])
+    image.putpalette(colors + [0] * (768 - len(colors)))  # full palette: no bit-depth packing
+    return image
+
+
+def write_label_dataset(root: Path, counts=(6, 2, 2), size: int = 40, seed: int = 0) -> Path:
+    """A folders-layout label dataset: blocky label maps and noisy photos colored by class."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "palette.json").write_text(json.dumps(PALETTE))
+    colors = np.array([entry["color"] for entry in PALETTE], dtype=np.int16)
+    for split, count in zip(("train", "val", "test"), counts, strict=True):
+        (root / split / "A").mkdir(parents=True, exist_ok=True)
+        (root / split / "B").mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            ids = np.zeros((size, size), dtype=np.uint8)
+            horizon = int(rng.integers(size // 4, 3 * size // 4))
+            ids[horizon:] = 1
+            x, y = rng.integers(0, size - 10, 2)
+            ids[y : y + 10, x : x + 10] = 2
+            photo = colors[ids] + rng.integers(-12, 12, (size, size, 3))
+            palette_image(ids).save(root / split / "A" / f"{index:04d}.png")
+            Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(
+                root / split / "B" / f"{index:04d}.png"
+            )
+    return root
+
+
+@pytest.fixture
+def label_dataset(tmp_path: Path) -> Path:
+    return write_label_dataset(tmp_path / "labels")
+
+
+@pytest.fixture(scope="session")
+def synth_labels(tmp_path_factory) -> Path:
+    """The built-in synthetic landscapes at 64 px (shared, read-only)."""
+    from training.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "labels"
+    write_synthetic_dataset(root, n=40, size=64, seed=3, task="labels")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_color(tmp_path_factory) -> Path:
+    from training.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "color"
+    write_synthetic_dataset(root, n=12, size=64, seed=4, task="color")
+    return root

@@ -1,0 +1,213 @@
+"""Tests for building aligned A|B images from two folders of pairs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import ExifTags, Image, ImageOps
+
+from training.combine import combine_folders
+from training.download import check_aligned_layout
+from training.errors import DataError
+
+
+def _pixels(width: int, height: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _save(path: Path, width: int = 16, height: int = 16, seed: int = 0) -> np.ndarray:
+    """Write a random RGB image; returns the pixels as they read back (JPEG is lossy)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_pixels(width, height, seed)).save(path)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _halves(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        pixels = np.asarray(image)
+    width = pixels.shape[1] // 2
+    return pixels[:, :width], pixels[:, width:]
+
+
+def test_flat_folders_pair_by_stem_with_a_left_and_b_right(tmp_path: Path) -> None:
+    a_dir, b_dir, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    expected = {
+        "0001": (_save(a_dir / "0001.png", seed=1), _save(b_dir / "0001.jpg", seed=2)),
+        "0002": (_save(a_dir / "0002.png", seed=3), _save(b_dir / "0002.PNG", seed=4)),
+    }
+
+    summary = combine_folders(a_dir, b_dir, out)
+
+    assert summary == {"out": str(out), "pairs": 2, "splits": {}}
+    assert sorted(path.name for path in out.iterdir()) == ["0001.png", "0002.png"]
+    for stem, (a_pixels, b_pixels) in expected.items():
+        left, right = _halves(out / f"{stem}.png")
+        np.testing.assert_array_equal(left, a_pixels)
+        np.testing.assert_array_equal(right, b_pixels)
+
+
+def test_split_folders_are_mirrored(tmp_path: Path) -> None:
+    a_dir, b_dir, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    for index, (split, stem) in enumerate([("train", "x"), ("train", "y"), ("val", "z")]):
+        _save(a_dir / split / f"{stem}.png", seed=2 * index)
+        _save(b_dir / split / f"{stem}.png", seed=2 * index + 1)
+
+    summary = combine_folders(a_dir, b_dir, out, progress=True)
+
+    assert summary["splits"] == {"train": 2, "val": 1}
+    assert summary["pairs"] == 3
+    assert check_aligned_layout(out) == {"train": 2, "val": 1}
+    left, right = _halves(out / "val" / "z.png")
+    np.testing.assert_array_equal(left, _pixels(16, 16, 4))
+    np.testing.assert_array_equal(right, _pixels(16, 16, 5))
+
+
+def test_grayscale_palette_and_sixteen_bit_inputs_become_rgb(tmp_path: Path) -> None:
+    a_dir, b_dir, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    gray = np.arange(12 * 16, dtype=np.uint8).reshape(12, 16)
+    Image.fromarray(gray).save(a_dir / "gray.png")
+    Image.fromarray(gray).convert("P").save(b_dir / "gray.png")
+    deep = np.full((12, 16), 0x1234, dtype=np.uint16)
+    Image.fromarray(deep).save(a_dir / "deep.png")
+    Image.fromarray(gray).save(b_dir / "deep.png")
+
+    combine_folders(a_dir, b_dir, out)
+
+    left, right = _halves(out / "gray.png")
+    np.testing.assert_array_equal(left, np.stack([gray] * 3, axis=-1))
+    np.testing.assert_array_equal(right, np.stack([gray] * 3, axis=-1))
+    left, _ = _halves(out / "deep.png")
+    assert (left == 0x12).all()
+
+
+def test_exif_rotation_is_applied_before_pairing(tmp_path: Path) -> None:
+    a_dir, b_dir, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    a_dir.mkdir()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    # Stored 16 wide and 8 tall; a viewer shows it 8 wide and 16 tall, like its partner.
+    Image.fromarray(_pixels(16, 8, seed=7)).save(a_dir / "photo.jpg", exif=exif)
+    b_pixels = _save(b_dir / "photo.png", width=8, height=16)
+
+    combine_folders(a_dir, b_dir, out)
+
+    with Image.open(a_dir / "photo.jpg") as image:
+        upright = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    left, right = _halves(out / "photo.png")
+    np.testing.assert_array_equal(left, upright)
+    np.testing.assert_array_equal(right, b_pixels)
+
+
+def test_missing_partners_are_all_listed_both_ways(tmp_path: Path) -> None:
+    a_dir, b_dir, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    for stem in ["paired_1", "paired_2", "only_a_1", "only_a_2"]:
+        _save(a_dir / f"{stem}.png")
+    for stem in ["paired_1", "paired_2", "only_b_1", "only_b_2"]:
+        _save(b_dir / f"{stem}.jpg")
+
+    with pytest.raises(DataError) as caught:
+        combine_folders(a_dir, b_dir, out)
+
+    message = str(caught.value)
+    for name in ["only_a_1.png", "only_a_2.png", "only_b_1.jpg", "only_b_2.jpg"]:
+        assert name in message
+    assert "paired" not in message
+    assert not out.exists()
+
+
+def test_split_on_one_side_only_counts_as_missing(tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    _save(a_dir / "train" / "1.png")
+    _save(a_dir / "val" / "2.png")
+    _save(b_dir / "train" / "1.png")
+
+    with pytest.raises(DataError, match=r"val/2\.png"):
+        combine_folders(a_dir, b_dir, tmp_path / "out")
+
+
+def test_split_folders_in_only_one_input_are_rejected(tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    _save(a_dir / "train" / "1.png")
+    _save(b_dir / "1.png")
+
+    with pytest.raises(DataError, match="split folders"):
+        combine_folders(a_dir, b_dir, tmp_path / "out")
+
+
+def test_size_mismatch_names_both_files_and_sizes(tmp_path: Path) -> None:
+    a_dir, b_dir, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
+    _save(a_dir / "ok.png")
+    _save(b_dir / "ok.png")
+    _save(a_dir / "pair.png", width=16, height=12)
+    _save(b_dir / "pair.jpg", width=20, height=12)
+
+    with pytest.raises(DataError) as caught:
+        combine_folders(a_dir, b_dir, out)
+
+    message = str(caught.value)
+    assert str(a_dir / "pair.png") in message
+    assert str(b_dir / "pair.jpg") in message
+    assert "16x12" in message
+    assert "20x12" in message
+    assert not out.exists()
+
+
+def test_unreadable_image_is_named(tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    _save(a_dir / "1.png")
+    _save(b_dir / "1.png")
+    (b_dir / "1.png").write_bytes(b"this is not a png")
+
+    with pytest.raises(DataError, match=r"unreadable image .*1\.png"):
+        combine_folders(a_dir, b_dir, tmp_path / "out")
+
+
+def test_truncated_image_is_named(tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    _save(a_dir / "1.png", width=64, height=64)
+    _save(b_dir / "1.png", width=64, height=64)
+    data = (b_dir / "1.png").read_bytes()
+    # The header still reads, so only decoding the pixels finds the damage.
+    (b_dir / "1.png").write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(DataError) as caught:
+        combine_folders(a_dir, b_dir, tmp_path / "out")
+
+    assert str(b_dir / "1.png") in str(caught.value)
+    assert not (tmp_path / "out" / "1.png").exists()
+
+
+def test_duplicate_stems_are_named(tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    _save(a_dir / "1.png")
+    _save(a_dir / "1.jpg")
+    _save(b_dir / "1.png")
+
+    with pytest.raises(DataError) as caught:
+        combine_folders(a_dir, b_dir, tmp_path / "out")
+
+    message = str(caught.value)
+    assert "1.png" in message
+    assert "1.jpg" in message
+    assert "same stem" in message
+
+
+def test_empty_input_is_rejected(tmp_path: Path) -> None:
+    a_dir, b_dir = tmp_path / "A", tmp_path / "B"
+    a_dir.mkdir()
+    _save(b_dir / "1.png")
+    (a_dir / "notes.txt").write_text("not an image")
+
+    with pytest.raises(DataError, match="no images"):
+        combine_folders(a_dir, b_dir, tmp_path / "out")
+
+
+def test_missing_folder_is_rejected(tmp_path: Path) -> None:
+    _save(tmp_path / "B" / "1.png")
+
+    with pytest.raises(DataError, match="does not exist"):
+        combine_folders(tmp_path / "A", tmp_path / "B", tmp_path / "out")

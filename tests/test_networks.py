@@ -1,0 +1,82 @@
+"""The U-Net generator and PatchGAN discriminator: sizes, shapes, init, receptive fields."""
+
+import pytest
+import torch
+
+from model.networks import PatchDiscriminator, UNetGenerator, count_parameters, init_weights
+
+
+def test_paper_generator_has_reference_parameter_count():
+    assert count_parameters(UNetGenerator(3, 3, num_downs=8, base_width=64, norm="batch")) == (
+        54_413_955
+    )
+
+
+def test_paper_discriminator_has_reference_parameter_count():
+    assert count_parameters(PatchDiscriminator(6, base_width=64, n_layers=3, norm="batch")) == (
+        2_768_705
+    )
+
+
+@pytest.mark.parametrize("num_downs,size", [(5, 32), (7, 128), (3, 24)])
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_generator_keeps_size_and_range(num_downs, size, norm):
+    generator = UNetGenerator(4, 2, num_downs=num_downs, base_width=4, norm=norm)
+    output = generator(torch.randn(2, 4, size, size))
+    assert output.shape == (2, 2, size, size)
+    assert output.abs().max() <= 1.0
+
+
+def test_generator_has_dropout_in_three_innermost_decoder_blocks_only():
+    generator = UNetGenerator(num_downs=8, base_width=4, dropout=True)
+    with_dropout = [isinstance(b.dropout, torch.nn.Dropout) for b in generator.decoder]
+    assert with_dropout == [True, True, True, False, False, False, False]
+    assert not any(
+        isinstance(m, torch.nn.Dropout)
+        for m in UNetGenerator(num_downs=8, base_width=4, dropout=False).modules()
+    )
+
+
+def test_first_encoder_layer_has_no_norm_and_no_activation():
+    generator = UNetGenerator(num_downs=4, base_width=4, norm="batch")
+    first = generator.encoder[0]
+    assert isinstance(first.norm, torch.nn.Identity)
+    assert isinstance(first.activation, torch.nn.Identity)
+    assert isinstance(generator.encoder[1].norm, torch.nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("n_layers,patches", [(0, 256), (1, 126), (3, 30), (5, 6)])
+def test_patch_discriminator_output_grid(n_layers, patches):
+    discriminator = PatchDiscriminator(6, base_width=4, n_layers=n_layers)
+    logits = discriminator(torch.randn(1, 3, 256, 256), torch.randn(1, 3, 256, 256))
+    assert logits.shape == (1, 1, patches, patches)
+
+
+def receptive_field(discriminator: PatchDiscriminator, size: int = 96) -> int:
+    """Width of the input region that influences the centre output patch (by gradients)."""
+    condition = torch.randn(1, 3, size, size, requires_grad=True)
+    discriminator.eval()
+    logits = discriminator(condition, torch.randn(1, 3, size, size))
+    centre = logits.shape[-1] // 2
+    logits[0, 0, centre, centre].backward()
+    touched = condition.grad.abs().sum(dim=(0, 1, 2)).nonzero()
+    return int(touched.max() - touched.min() + 1)
+
+
+@pytest.mark.parametrize("n_layers,field", [(0, 1), (1, 16), (3, 70)])
+def test_patch_discriminator_receptive_fields(n_layers, field):
+    discriminator = PatchDiscriminator(6, base_width=4, n_layers=n_layers, norm="none")
+    init_weights(discriminator)
+    assert receptive_field(discriminator, size=160) == field
+
+
+def test_init_follows_the_paper():
+    torch.manual_seed(0)
+    generator = UNetGenerator(num_downs=6, base_width=32, norm="batch")
+    init_weights(generator)
+    conv = generator.encoder[3].conv.weight
+    norm = generator.encoder[3].norm.weight
+    assert abs(conv.mean().item()) < 1e-3
+    assert conv.std().item() == pytest.approx(0.02, rel=0.05)
+    assert norm.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert norm.std().item() == pytest.approx(0.02, rel=0.3)

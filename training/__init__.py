@@ -1,0 +1,1 @@
+"""Everything needed to make a generator: data, augmentation, losses, the training loop."""

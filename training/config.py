@@ -1,0 +1,303 @@
+"""Run configuration: typed dataclasses loaded from TOML and overridden by command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag is invalid; the message names the key and the problem."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth-labels"
+    # aligned: A|B side by side in one file; folders: <split>/A and <split>/B paired by stem;
+    # colorization: <split>/ of color photos.
+    layout: str = "folders"
+    direction: str = "AtoB"
+    # What A is: photo, grayscale or label_map.
+    input_kind: str = "photo"
+    # label_map only: JSON file (relative to root) listing {"id", "name", "color"}.
+    palette: str = "palette.json"
+    one_hot: bool = True
+    # Max per-channel difference when mapping color-coded label maps to palette colors.
+    palette_tolerance: int = 0
+    # colorization only: "lab" (L in, ab out) or "rgb" (gray in, RGB out).
+    color_space: str = "lab"
+    # resize_and_crop: resize to load_size then random crop_size; crop: random crop only;
+    # resize: resize to crop_size (no crop).
+    preprocess: str = "resize_and_crop"
+    load_size: int = 286
+    crop_size: int = 256
+    flip: bool = True
+    # Aligned files must be exactly twice as wide as tall (square halves).
+    aligned_square: bool = True
+    num_workers: int = 2
+    max_images: int = 0  # 0 = all
+
+    def validate(self) -> None:
+        _choice("data.layout", self.layout, ("aligned", "folders", "colorization"))
+        _choice("data.direction", self.direction, ("AtoB", "BtoA"))
+        _choice("data.input_kind", self.input_kind, ("photo", "grayscale", "label_map"))
+        _choice("data.color_space", self.color_space, ("lab", "rgb"))
+        _choice("data.preprocess", self.preprocess, ("resize_and_crop", "crop", "resize"))
+        if self.layout == "colorization" and self.input_kind != "grayscale":
+            raise ConfigError("data.layout = 'colorization' needs data.input_kind = 'grayscale'")
+        if self.crop_size < 1 or self.load_size < self.crop_size:
+            raise ConfigError(
+                f"data.load_size ({self.load_size}) must be >= "
+                f"data.crop_size ({self.crop_size}) > 0"
+            )
+        _positive("data.num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass
+class GeneratorConfig:
+    num_downs: int = 8
+    base_width: int = 64
+    norm: str = "batch"
+    dropout: bool = True
+    # eval: running statistics, no dropout at inference; train: the paper's test-time noise.
+    inference_mode: str = "eval"
+
+    def validate(self) -> None:
+        _choice("generator.norm", self.norm, ("batch", "instance", "none"))
+        _choice("generator.inference_mode", self.inference_mode, ("eval", "train"))
+        if not 1 <= self.num_downs <= 10:
+            raise ConfigError(f"generator.num_downs must be 1..10, got {self.num_downs}")
+        _positive("generator.base_width", self.base_width)
+
+
+@dataclass
+class DiscriminatorConfig:
+    n_layers: int = 3
+    base_width: int = 64
+    norm: str = "batch"
+
+    def validate(self) -> None:
+        _choice("discriminator.norm", self.norm, ("batch", "instance", "none"))
+        if not 0 <= self.n_layers <= 8:
+            raise ConfigError(f"discriminator.n_layers must be 0..8, got {self.n_layers}")
+        _positive("discriminator.base_width", self.base_width)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1
+    epochs: int = 100  # epochs at the initial learning rate
+    epochs_decay: int = 100  # epochs of linear decay to zero afterwards
+    max_steps: int = 0  # stop after this many steps (0 = run all epochs)
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    gan_mode: str = "vanilla"  # vanilla | lsgan | hinge
+    lambda_l1: float = 100.0
+    lambda_gan: float = 1.0  # 0 turns the adversarial term off (L1-only regression)
+    d_steps: int = 1  # discriminator updates per generator update
+    pool_size: int = 0  # history of generated pairs shown to D (0 = off, as in pix2pix)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    log_every: int = 50
+    sample_every: int = 500
+    save_every: int = 1000  # steps between refreshes of checkpoints/latest
+    save_epochs: int = 5  # keep a checkpoint every N epochs (0 = only latest)
+    val_images: int = 8  # images in the fixed validation batch for samples and val L1
+
+    def validate(self) -> None:
+        _choice("train.gan_mode", self.gan_mode, ("vanilla", "lsgan", "hinge"))
+        _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.epochs", self.epochs, allow_zero=True)
+        _positive("train.epochs_decay", self.epochs_decay, allow_zero=True)
+        if self.epochs + self.epochs_decay == 0 and self.max_steps == 0:
+            raise ConfigError("train.epochs + train.epochs_decay is 0: nothing to train")
+        _positive("train.max_steps", self.max_steps, allow_zero=True)
+        _positive("train.d_steps", self.d_steps)
+        _positive("train.log_every", self.log_every)
+        _positive("train.sample_every", self.sample_every)
+        _positive("train.save_every", self.save_every)
+        _positive("train.val_images", self.val_images)
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.lambda_l1 < 0 or self.lambda_gan < 0:
+            raise ConfigError("train.lambda_l1 and train.lambda_gan must be >= 0")
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    runs_dir: str = "runs"
+    task: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> Config:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name {self.name!r} cannot be used as a run directory name")
+        self.data.validate()
+        self.generator.validate()
+        self.discriminator.validate()
+        self.train.validate()
+        if self.data.crop_size % (2**self.generator.num_downs):
+            raise ConfigError(
+                f"data.crop_size ({self.data.crop_size}) must be a multiple of "
+                f"2**generator.num_downs ({2**self.generator.num_downs})"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+SECTIONS = ("data", "generator", "discriminator", "train")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(key: str, value: int, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check a TOML value, or convert a command-line string, to the field's type."""
+    if isinstance(kind, types.UnionType | typing._UnionGenericAlias):  # type: ignore[attr-defined]
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        try:
+            if kind is bool:
+                lowered = text.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return lowered in ("true", "1", "yes")
+            if kind is int:
+                return int(text)
+            if kind is float:
+                return float(text)
+        except ValueError:
+            raise ConfigError(f"{key} expects {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} expects {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = _field_types(type(target))
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown config key {full!r} (known here: {known})")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a table [{full}]")
+            _apply(current, value, prefix=f"{full}.")
+        else:
+            setattr(target, key, _coerce(full, value, hints[key]))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file, then ``section.key`` overrides; validated."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: invalid TOML: {error}") from error
+        try:
+            _apply(config, values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from error
+    for key, value in (overrides or {}).items():
+        set_value(config, key, value)
+    return config.validate()
+
+
+def resolve_key(config: Config, key: str) -> str:
+    """``batch_size`` -> ``train.batch_size`` when unambiguous; dotted keys pass through."""
+    key = key.replace("-", "_")
+    if "." in key or key in _field_types(Config):
+        return key
+    matches = [
+        f"{section}.{key}"
+        for section in SECTIONS
+        if key in _field_types(type(getattr(config, section)))
+    ]
+    if not matches:
+        raise ConfigError(f"unknown option --{key}")
+    if len(matches) > 1:
+        raise ConfigError(f"option --{key} is ambiguous: use one of --{', --'.join(matches)}")
+    return matches[0]
+
+
+def set_value(config: Config, key: str, value: str) -> None:
+    dotted = resolve_key(config, key)
+    *sections, name = dotted.split(".")
+    values: dict[str, Any] = {name: value}
+    for section in reversed(sections):
+        values = {section: values}
+    _apply(config, values)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    config = Config()
+    _apply(config, values)
+    return config.validate()
+
+
+def dump_toml(values: dict[str, Any]) -> str:
+    """Serialize a two-level dict of scalars (our config shape) as TOML."""
+    top = [f"{key} = {_toml_value(v)}" for key, v in values.items() if not isinstance(v, dict)]
+    tables = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            lines = [f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+            tables.append("\n".join(lines))
+    return "\n\n".join(["\n".join(top), *tables]) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

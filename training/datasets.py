@@ -1,0 +1,301 @@
+"""Paired datasets: find A/B pairs on disk, check them, decode, augment, and encode to tensors.
+
+Three layouts, each split into ``train/``, ``val/`` and ``test/`` folders under the root:
+
+- ``aligned``: every file holds A and B side by side (the standard pix2pix datasets);
+- ``folders``: ``<split>/A/`` and ``<split>/B/`` paired by file stem;
+- ``colorization``: ``<split>/`` holds color photos; A is their lightness, B their color.
+
+Every problem is reported with the file it concerns; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from model.processing import (
+    InputError,
+    encode_input,
+    encode_target,
+    label_ids_from_image,
+    prepare_input,
+    prepare_target,
+)
+from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass, SpecError
+from training.augment import build_transform
+from training.config import Config, DataConfig
+from training.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PairFiles:
+    """Where one pair lives: two files, or one aligned/colorization file (b_path is None)."""
+
+    a_path: Path
+    b_path: Path | None = None
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise DataError(
+                f"{folder}: two files share the stem {path.stem!r} "
+                f"({stems[path.stem].name} and {path.name}); pairing would be ambiguous"
+            )
+        stems[path.stem] = path
+    return stems
+
+
+def discover_pairs(config: DataConfig, split: str) -> list[PairFiles]:
+    """All pairs of a split, checked for completeness; raises DataError otherwise."""
+    root = Path(config.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root not found")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: split folder not found (expected {root}/{{train,val,test}})")
+    if config.layout == "folders":
+        a_dir, b_dir = split_dir / "A", split_dir / "B"
+        for folder in (a_dir, b_dir):
+            if not folder.is_dir():
+                raise DataError(f"{folder}: folder not found (the folders layout needs A/ and B/)")
+        a_files = _by_stem(list_images(a_dir), a_dir)
+        b_files = _by_stem(list_images(b_dir), b_dir)
+        only_a = sorted(set(a_files) - set(b_files))
+        only_b = sorted(set(b_files) - set(a_files))
+        if only_a or only_b:
+            lines = [f"{split_dir}: unpaired files"]
+            if only_a:
+                lines.append(f"  in A/ without a B: {', '.join(a_files[s].name for s in only_a)}")
+            if only_b:
+                lines.append(f"  in B/ without an A: {', '.join(b_files[s].name for s in only_b)}")
+            raise DataError("\n".join(lines))
+        pairs = [PairFiles(a_files[s], b_files[s]) for s in sorted(a_files)]
+        if config.direction == "BtoA":
+            pairs = [PairFiles(p.b_path, p.a_path) for p in pairs]  # type: ignore[arg-type]
+    else:
+        pairs = [PairFiles(path) for path in list_images(split_dir)]
+    if not pairs:
+        raise DataError(f"{split_dir}: no images in this split")
+    if config.max_images:
+        pairs = pairs[: config.max_images]
+    return pairs
+
+
+def check_sizes(pairs: list[PairFiles], config: DataConfig) -> None:
+    """Read image headers only and report every size problem in one error."""
+    problems = []
+    for pair in pairs:
+        try:
+            a_size = _header_size(pair.a_path)
+            b_size = _header_size(pair.b_path) if pair.b_path else None
+        except DataError as error:
+            problems.append(str(error))
+            continue
+        if config.layout == "aligned":
+            width, height = a_size
+            if width % 2:
+                problems.append(f"{pair.a_path}: aligned image width {width} is odd")
+            elif config.aligned_square and width != 2 * height:
+                problems.append(
+                    f"{pair.a_path}: aligned image is {width}x{height}, expected width = 2 x "
+                    f"height ({2 * height}) for two square halves "
+                    "(set data.aligned_square = false for non-square halves)"
+                )
+        elif b_size is not None and a_size != b_size:
+            problems.append(
+                f"pair sizes differ: {pair.a_path} is {a_size[0]}x{a_size[1]}, "
+                f"{pair.b_path} is {b_size[0]}x{b_size[1]}"
+            )
+    if problems:
+        shown = problems[:50]
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        raise DataError("\n  ".join(["dataset check failed:", *shown]) + more)
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{path}: not a readable image ({error})") from error
+
+
+def read_image(path: Path) -> Image.Image:
+    """Fully decode an image, so truncated files fail here with their name."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: cannot decode image ({error})") from error
+
+
+def load_palette(config: DataConfig) -> tuple[LabelClass, ...]:
+    path = Path(config.palette)
+    if not path.is_absolute():
+        path = Path(config.root) / path
+    if not path.is_file():
+        raise DataError(f"{path}: palette file not found (label_map inputs need one)")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(entries, dict):
+            entries = entries.get("classes", [])
+        palette = tuple(
+            LabelClass(id=int(e["id"]), name=str(e["name"]), color=tuple(e["color"]))
+            for e in entries
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"{path}: invalid palette ({error}); expected a JSON list of "
+            '{"id": 0, "name": "sky", "color": [r, g, b]}'
+        ) from error
+    if not palette:
+        raise DataError(f"{path}: palette is empty")
+    return palette
+
+
+def make_spec(config: Config) -> GeneratorSpec:
+    """The generator spec implied by a run's data and generator config."""
+    data, generator = config.data, config.generator
+    palette: tuple[LabelClass, ...] = ()
+    one_hot = False
+    color_space = "rgb"
+    if data.input_kind == "label_map":
+        palette = load_palette(data)
+        one_hot = data.one_hot
+        in_channels = len(palette) if one_hot else 1
+        out_channels = 3
+    elif data.input_kind == "grayscale":
+        in_channels = 1
+        color_space = data.color_space if data.layout == "colorization" else "rgb"
+        out_channels = 2 if color_space == "lab" else 3
+    else:
+        in_channels = out_channels = 3
+    try:
+        return GeneratorSpec(
+            architecture=GeneratorArchitecture(
+                num_downs=generator.num_downs,
+                base_width=generator.base_width,
+                norm=generator.norm,
+                dropout=generator.dropout,
+            ),
+            in_channels=in_channels,
+            out_channels=out_channels,
+            input_kind=data.input_kind,  # type: ignore[arg-type]
+            color_space=color_space,  # type: ignore[arg-type]
+            palette=palette,
+            one_hot=one_hot,
+            train_size=data.crop_size,
+            pad_multiple=2**generator.num_downs,
+            inference_mode=generator.inference_mode,  # type: ignore[arg-type]
+            task=config.task or config.name,
+            direction=data.direction,
+        )
+    except SpecError as error:
+        raise DataError(f"config does not describe a usable generator: {error}") from error
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)
+
+
+class PairedDataset(Dataset):
+    """Decoded, augmented and encoded pairs of one split.
+
+    Augmentation is seeded per (seed, epoch, index), so a run is reproducible whatever the
+    number of workers, and a resumed run sees exactly the images it would have seen.
+    """
+
+    def __init__(
+        self, config: DataConfig, split: str, spec: GeneratorSpec, train: bool, seed: int = 0
+    ):
+        self.config = config
+        self.split = split
+        self.spec = spec
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.pairs = discover_pairs(config, split)
+        check_sizes(self.pairs, config)
+        self.transform = build_transform(
+            config, train=train, label_input=spec.input_kind == "label_map"
+        )
+        logger.info("%s split: %d pairs from %s", split, len(self.pairs), config.root)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load_arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical (A, B) arrays of one pair, before augmentation."""
+        pair = self.pairs[index]
+        first = read_image(pair.a_path)
+        if self.config.layout == "aligned":
+            width, height = first.size
+            half = width // 2
+            left = first.crop((0, 0, half, height))
+            right = first.crop((half, 0, width, height))
+            a_image, b_image = (left, right) if self.config.direction == "AtoB" else (right, left)
+            where = pair.a_path
+        elif self.config.layout == "colorization":
+            a_image = b_image = first
+            where = pair.a_path
+        else:
+            a_image, b_image = first, read_image(pair.b_path)  # type: ignore[arg-type]
+            where = pair.a_path
+        try:
+            if self.spec.input_kind == "label_map":
+                a_array = label_ids_from_image(a_image, self.spec, self.config.palette_tolerance)
+            else:
+                a_array = prepare_input(a_image, self.spec)
+            b_array = prepare_target(b_image, self.spec)
+        except InputError as error:
+            raise DataError(f"{where}: {error}") from error
+        return a_array, b_array
+
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical (A, B) arrays of one pair after augmentation (or the val/test resize)."""
+        a_array, b_array = self.load_arrays(index)
+        self.transform.set_random_seed(self._sample_seed(index))
+        if self.config.layout == "colorization":
+            b_array = self.transform(image=b_array)["image"]
+            return (b_array if self.spec.color_space == "lab" else _gray(b_array)), b_array
+        if self.spec.input_kind == "label_map":
+            out = self.transform(image=b_array, mask=a_array)
+            return out["mask"], out["image"]
+        out = self.transform(image=a_array, target=b_array)
+        return out["image"], out["target"]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        a_array, b_array = self.arrays(index)
+        return {
+            "A": encode_input(a_array, self.spec),
+            "B": encode_target(b_array, self.spec),
+            "index": index,
+        }
+
+    def _sample_seed(self, index: int) -> int:
+        return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])

@@ -1,0 +1,516 @@
+"""The pix2pix training loop: one explicit D step and G step per iteration, a self-describing run.
+
+A run directory ``runs/<name>/`` holds ``config.toml``, ``spec.json``, ``metrics.jsonl``,
+``samples/`` (A | G(A) | B grids from a fixed validation batch) and ``checkpoints/``. Each
+checkpoint is a model folder (``generator.safetensors`` + ``spec.json``) plus the
+discriminator and the full training state, so ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from model.checkpoint import (
+    CHECKPOINTS_DIR,
+    GENERATOR_WEIGHTS,
+    CheckpointError,
+    latest_checkpoint,
+    publish_latest,
+    save_tensors_atomic,
+    state_dict_for_saving,
+    write_checkpoint_folder,
+)
+from model.networks import PatchDiscriminator, build_generator, init_weights
+from model.processing import decode_output, input_preview
+from model.spec import SPEC_FILENAME, GeneratorSpec, write_text_atomic
+from training.config import Config, ConfigError, config_from_dict
+from training.datasets import PairedDataset, make_spec
+from training.errors import DataError, TrainingError
+from training.losses import GANLoss, HistoryPool
+
+logger = logging.getLogger(__name__)
+
+DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
+TRAINING_STATE = "training_state.pt"
+CONFIG_FILENAME = "config.toml"
+METRICS_FILENAME = "metrics.jsonl"
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r}, but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device = {name!r}, but MPS is not available here")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision = 'fp16' needs a GPU; use 'bf16' on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start part-way through (for exact resume)."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        return iter(order[self.start :])
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+# Per-step scalars, kept on the device until a logging interval reads them.
+STAT_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "D_acc_real", "D_acc_fake")
+
+
+class Trainer:
+    """Builds everything a run needs from its config and runs the loop."""
+
+    def __init__(self, config: Config, resume: bool = False, progress: bool = True):
+        self.config = config
+        self.progress = progress
+        self.run_dir = config.run_dir
+        self.device = select_device(config.train.device)
+        self.amp_dtype = autocast_dtype(config.train.precision, self.device)
+        self._seed_everything(config.seed)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        self.spec = make_spec(config)
+        self.train_set = PairedDataset(
+            config.data, "train", self.spec, train=True, seed=config.seed
+        )
+        self.val_set = PairedDataset(config.data, "val", self.spec, train=False, seed=config.seed)
+        batch_size = config.train.batch_size
+        if len(self.train_set) < batch_size:
+            raise DataError(
+                f"{config.data.root}/train has {len(self.train_set)} pairs, fewer than "
+                f"train.batch_size = {batch_size}"
+            )
+        self.steps_per_epoch = len(self.train_set) // batch_size
+        self.total_steps = (config.train.epochs + config.train.epochs_decay) * self.steps_per_epoch
+        if config.train.max_steps:
+            self.total_steps = (
+                min(self.total_steps, config.train.max_steps)
+                if self.total_steps
+                else config.train.max_steps
+            )
+
+        self.generator = build_generator(
+            self.spec.architecture, self.spec.in_channels, self.spec.out_channels
+        )
+        self.discriminator = PatchDiscriminator(
+            in_channels=self.spec.in_channels + self.spec.out_channels,
+            base_width=config.discriminator.base_width,
+            n_layers=config.discriminator.n_layers,
+            norm=config.discriminator.norm,
+        )
+        init_weights(self.generator)
+        init_weights(self.discriminator)
+        memory_format = torch.channels_last if config.train.channels_last else torch.preserve_format
+        self.memory_format = memory_format
+        self.generator.to(self.device, memory_format=memory_format)
+        self.discriminator.to(self.device, memory_format=memory_format)
+
+        train = config.train
+        fused = self.device.type == "cuda"
+        adam = {"lr": train.lr, "betas": (train.beta1, train.beta2)}
+        adam.update({"fused": True} if fused else {"foreach": True})
+        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), **adam)
+        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), **adam)
+        self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, self.lr_factor)
+        self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, self.lr_factor)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=config.train.precision == "fp16"
+        )
+        self.gan_loss = GANLoss(train.gan_mode)
+        self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
+        self.step = 0
+
+        self.generator_step = self.generator
+        self.discriminator_step = self.discriminator
+        if train.compile:
+            self.generator_step = torch.compile(self.generator)
+            self.discriminator_step = torch.compile(self.discriminator)
+
+        self.sampler = EpochSampler(len(self.train_set), config.seed)
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if config.data.num_workers else None,
+            # A private generator keeps the global torch RNG (dropout) independent of loading.
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        self._prepare_run_dir(resume)
+
+    # -- setup -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def lr_factor(self, step: int) -> float:
+        """Constant for ``epochs``, then linear decay to zero over ``epochs_decay``."""
+        constant = self.config.train.epochs * self.steps_per_epoch
+        decay = self.config.train.epochs_decay * self.steps_per_epoch
+        if step < constant or decay == 0:
+            return 1.0
+        return max(0.0, 1.0 - (step - constant) / decay)
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        checkpoints = self.run_dir / CHECKPOINTS_DIR
+        if resume:
+            if not (checkpoints / "latest").is_file():
+                raise TrainingError(f"{self.run_dir}: nothing to resume (no checkpoints/latest)")
+            self.load_checkpoint(latest_checkpoint(checkpoints))
+            return
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise TrainingError(
+                f"{self.run_dir} already exists: pass --resume to continue it, or choose "
+                "another --name"
+            )
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / CONFIG_FILENAME, self.config.to_toml())
+        self.spec.save(self.run_dir / SPEC_FILENAME)
+
+    # -- the iteration ---------------------------------------------------------------------
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
+        """One pix2pix iteration; returns the step's scalars stacked, still on the device."""
+        train = self.config.train
+        adversarial = train.lambda_gan > 0
+        zero = torch.zeros((), device=self.device)
+        with self.autocast():
+            fake_b = self.generator_step(real_a)
+
+        # Discriminator: real pairs should score real, generated pairs fake. ``detach`` keeps
+        # this update from reaching into the generator.
+        loss_d_real = loss_d_fake = accuracy_real = accuracy_fake = zero
+        if adversarial:
+            self.discriminator.requires_grad_(True)
+            for _ in range(train.d_steps):
+                pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
+                self.optimizer_d.zero_grad(set_to_none=True)
+                with self.autocast():
+                    logits_fake = self.discriminator_step(pool_a, pool_fake)
+                    logits_real = self.discriminator_step(real_a, real_b)
+                loss_d_fake = self.gan_loss.discriminator(logits_fake, real=False)
+                loss_d_real = self.gan_loss.discriminator(logits_real, real=True)
+                self.scaler.scale(0.5 * (loss_d_fake + loss_d_real)).backward()
+                self.scaler.step(self.optimizer_d)
+            threshold = self.gan_loss.threshold()
+            accuracy_real = (logits_real.detach().float() > threshold).float().mean()
+            accuracy_fake = (logits_fake.detach().float() <= threshold).float().mean()
+
+        # Generator: fool the (frozen) discriminator and stay close to B in L1.
+        self.optimizer_g.zero_grad(set_to_none=True)
+        loss_g_gan = zero
+        if adversarial:
+            self.discriminator.requires_grad_(False)
+            with self.autocast():
+                logits_fooled = self.discriminator_step(real_a, fake_b)
+            loss_g_gan = self.gan_loss.generator(logits_fooled)
+        loss_g_l1 = torch.nn.functional.l1_loss(fake_b.float(), real_b)
+        loss_g = train.lambda_gan * loss_g_gan + train.lambda_l1 * loss_g_l1
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.optimizer_g)
+        self.scaler.update()
+        self.scheduler_g.step()
+        if adversarial:
+            self.scheduler_d.step()
+        return torch.stack(
+            [loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake, accuracy_real, accuracy_fake]
+        ).detach()
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True).contiguous(
+            memory_format=self.memory_format
+        )
+
+    def batches(self) -> Iterator[tuple[int, dict]]:
+        """(epoch, batch) from the current step on, across epochs, until total_steps."""
+        while self.step < self.total_steps:
+            epoch, position = divmod(self.step, self.steps_per_epoch)
+            self.train_set.set_epoch(epoch)
+            self.sampler.set_position(epoch, position * self.config.train.batch_size)
+            for batch in self.loader:
+                yield epoch, batch
+                if self.step >= self.total_steps or self.step % self.steps_per_epoch == 0:
+                    break
+
+    def train(self) -> dict:
+        """Run until ``total_steps``; returns a summary of the final state."""
+        train = self.config.train
+        self.generator.train()
+        self.discriminator.train()
+        metrics_path = self.run_dir / METRICS_FILENAME
+        sums = torch.zeros(len(STAT_NAMES), device=self.device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        interval_steps, interval_wait, interval_start = 0, 0.0, time.perf_counter()
+        epoch_sums = torch.zeros_like(sums)
+        epoch_steps, epoch_start = 0, time.perf_counter()
+        last_logged: dict = {}
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc=self.config.name,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        logger.info(
+            "training %s on %s (%s): %d steps, %d per epoch, batch %d",
+            self.config.name,
+            self.device,
+            train.precision,
+            self.total_steps,
+            self.steps_per_epoch,
+            train.batch_size,
+        )
+        wait_start = time.perf_counter()
+        with open(metrics_path, "a", encoding="utf-8") as metrics_file:
+            for epoch, batch in self.batches():
+                interval_wait += time.perf_counter() - wait_start
+                real_a, real_b = self._to_device(batch["A"]), self._to_device(batch["B"])
+                stats = self.train_step(real_a, real_b)
+                nonfinite |= ~torch.isfinite(stats[:4]).all()
+                sums += stats
+                epoch_sums += stats
+                self.step += 1
+                interval_steps += 1
+                epoch_steps += 1
+                bar.update(1)
+
+                at_log = self.step % train.log_every == 0 or self.step == self.total_steps
+                at_epoch_end = self.step % self.steps_per_epoch == 0
+                at_save = self.step % train.save_every == 0 or self.step == self.total_steps
+                # Reading the flag syncs with the device, so only where it matters: before
+                # anything is logged or saved.
+                if (at_log or at_save or at_epoch_end) and bool(nonfinite):
+                    raise TrainingError(
+                        f"loss became NaN or inf before step {self.step}; stopped. The last "
+                        f"good checkpoint is kept in {self.run_dir / CHECKPOINTS_DIR}. Try a "
+                        "lower train.lr, train.precision = 'fp32', or check the data"
+                    )
+                if at_log:
+                    elapsed = time.perf_counter() - interval_start
+                    means = (sums / interval_steps).tolist()
+                    record = {"kind": "train", "step": self.step, "epoch": epoch}
+                    record.update({k: round(v, 6) for k, v in zip(STAT_NAMES, means, strict=True)})
+                    record["lr"] = self.scheduler_g.get_last_lr()[0]
+                    record["images_per_s"] = round(interval_steps * train.batch_size / elapsed, 3)
+                    record["data_wait"] = round(interval_wait / elapsed, 4)
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                    last_logged = record
+                    bar.set_postfix(
+                        G_GAN=f"{record['G_GAN']:.3f}",
+                        G_L1=f"{record['G_L1']:.3f}",
+                        D=f"{(record['D_real'] + record['D_fake']) / 2:.3f}",
+                        img_s=f"{record['images_per_s']:.1f}",
+                    )
+                    sums.zero_()
+                    interval_steps, interval_wait = 0, 0.0
+                if self.step % train.sample_every == 0 or self.step == self.total_steps:
+                    val = self.validate(save_grid=True)
+                    metrics_file.write(json.dumps({"kind": "val", "step": self.step, **val}) + "\n")
+                    metrics_file.flush()
+                if at_epoch_end:
+                    means = dict(zip(STAT_NAMES, (epoch_sums / epoch_steps).tolist(), strict=True))
+                    seconds = time.perf_counter() - epoch_start
+                    logger.info(
+                        "epoch %d done (step %d/%d): G_GAN %.3f G_L1 %.4f D_real %.3f "
+                        "D_fake %.3f D_acc %.2f/%.2f, %.1f images/s",
+                        epoch + 1,
+                        self.step,
+                        self.total_steps,
+                        *means.values(),
+                        epoch_steps * train.batch_size / seconds,
+                    )
+                    epoch_sums.zero_()
+                    epoch_steps, epoch_start = 0, time.perf_counter()
+                if at_save or at_epoch_end:
+                    keep = (
+                        at_epoch_end
+                        and train.save_epochs > 0
+                        and (self.step // self.steps_per_epoch) % train.save_epochs == 0
+                    )
+                    if at_save or keep:
+                        self.save_checkpoint(keep_as_epoch=keep)
+                if at_log:
+                    # Validation and checkpoints count against neither images/s nor data wait.
+                    interval_start = time.perf_counter()
+                wait_start = time.perf_counter()
+        bar.close()
+        final_val = self.validate(save_grid=False)
+        return {"step": self.step, "run_dir": str(self.run_dir), **final_val, "last": last_logged}
+
+    # -- validation and samples ------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, save_grid: bool) -> dict:
+        """Val L1 over the validation split (up to 64 pairs); optionally a sample grid."""
+        self.generator.train(self.spec.inference_mode == "train")
+        total, count, grid_rows = 0.0, 0, []
+        limit = min(len(self.val_set), 64)
+        batch = max(1, min(self.config.train.batch_size, 16))
+        for start in range(0, limit, batch):
+            items = [self.val_set[i] for i in range(start, min(start + batch, limit))]
+            real_a = self._to_device(torch.stack([item["A"] for item in items]))
+            real_b = self._to_device(torch.stack([item["B"] for item in items]))
+            with self.autocast():
+                fake_b = self.generator(real_a)
+            total += torch.nn.functional.l1_loss(fake_b.float(), real_b, reduction="sum").item()
+            count += real_b.numel()
+            if save_grid and len(grid_rows) < self.config.train.val_images:
+                for i, item in enumerate(items[: self.config.train.val_images - len(grid_rows)]):
+                    grid_rows.append(self._grid_row(item["index"], fake_b[i], real_b[i]))
+        self.generator.train()
+        if save_grid and grid_rows:
+            grid = np.concatenate(grid_rows, axis=0)
+            path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(path)
+        return {"val_l1": round(total / max(count, 1), 6)}
+
+    def _grid_row(self, index: int, fake: torch.Tensor, real: torch.Tensor) -> np.ndarray:
+        """A | G(A) | B for one validation pair, as the network saw it."""
+        a_array, _ = self.val_set.arrays(index)
+        out = decode_output(fake, self.spec, a_array)
+        target = decode_output(real, self.spec, a_array)
+        return np.concatenate([input_preview(a_array, self.spec), out, target], axis=1)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(self, keep_as_epoch: bool = False) -> Path:
+        checkpoints = self.run_dir / CHECKPOINTS_DIR
+        epoch = self.step // self.steps_per_epoch
+        name = f"epoch_{epoch:04d}" if keep_as_epoch else f"step_{self.step:08d}"
+
+        def write(folder: Path) -> None:
+            save_tensors_atomic(state_dict_for_saving(self.generator), folder / GENERATOR_WEIGHTS)
+            save_tensors_atomic(
+                state_dict_for_saving(self.discriminator), folder / DISCRIMINATOR_WEIGHTS
+            )
+            self.spec.save(folder / SPEC_FILENAME)
+            torch.save(self._training_state(), folder / TRAINING_STATE)
+
+        folder = write_checkpoint_folder(checkpoints, name, write)
+        publish_latest(checkpoints, name)
+        for old in checkpoints.glob("step_*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        logger.debug("checkpoint %s written", folder)
+        return folder
+
+    def _training_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "optimizer_g": self.optimizer_g.state_dict(),
+            "optimizer_d": self.optimizer_d.state_dict(),
+            "scheduler_g": self.scheduler_g.state_dict(),
+            "scheduler_d": self.scheduler_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "pool_rng": self.pool.random.get_state() if self.pool.random is not None else None,
+        }
+
+    def load_checkpoint(self, folder: Path) -> None:
+        try:
+            generator = load_file(str(folder / GENERATOR_WEIGHTS))
+            discriminator = load_file(str(folder / DISCRIMINATOR_WEIGHTS))
+            state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as error:
+            raise CheckpointError(f"{folder}: cannot read checkpoint ({error})") from error
+        saved_spec = GeneratorSpec.load(folder / SPEC_FILENAME)
+        if saved_spec.to_dict() != self.spec.to_dict():
+            raise TrainingError(
+                f"{folder}: the checkpoint's spec differs from this config's; resume with the "
+                "run's own config.toml"
+            )
+        self.generator.load_state_dict(generator)
+        self.discriminator.load_state_dict(discriminator)
+        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        self.optimizer_d.load_state_dict(state["optimizer_d"])
+        self.scheduler_g.load_state_dict(state["scheduler_g"])
+        self.scheduler_d.load_state_dict(state["scheduler_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if state.get("pool_rng") is not None and self.pool.random is not None:
+            self.pool.random.set_state(state["pool_rng"])
+        self.step = int(state["step"])
+        logger.info("resumed %s at step %d from %s", self.config.name, self.step, folder)
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run saved, for resuming it without its original command."""
+    import tomllib
+
+    path = Path(run_dir) / CONFIG_FILENAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; is {run_dir} a run directory?")
+    return config_from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+
+
+def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
+    trainer = Trainer(config, resume=resume, progress=progress)
+    if trainer.step >= trainer.total_steps:
+        logger.info("run %s is already complete at step %d", config.name, trainer.step)
+    return trainer.train()
