@@ -143,9 +143,28 @@ def command_data_combine(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
-    raise UsageError(
-        "serve is not available yet in this version: the HTTP service is still being built"
+    import os
+
+    import uvicorn
+
+    # Flags win over the environment; the app reads its settings from PIX2PIX_* variables.
+    if args.models is not None:
+        os.environ["PIX2PIX_MODELS_DIR"] = str(args.models)
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings()
+    if not Path(settings.models_dir).is_dir():
+        raise UsageError(f"models directory {settings.models_dir} does not exist")
+    print(f"serving models from {settings.models_dir} at http://{args.host}:{args.port}")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        timeout_graceful_shutdown=args.graceful_timeout,
     )
+    return 0
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -220,9 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     combine.set_defaults(handler=command_data_combine)
 
     serve = verbs.add_parser("serve", help="serve generators over HTTP")
-    serve.add_argument("--models", default="models")
+    serve.add_argument("--models", default=None, help="models folder (PIX2PIX_MODELS_DIR)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--graceful-timeout", type=int, default=30, help="seconds to finish requests on SIGTERM"
+    )
     serve.set_defaults(handler=command_serve)
     return parser
 

@@ -97,3 +97,112 @@ def synth_color(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "color"
     write_synthetic_dataset(root, n=12, size=64, seed=4, task="color")
     return root
+
+
+# -- served models and a real server ------------------------------------------------------------
+
+
+def write_tiny_models(root: Path) -> Path:
+    """Untrained 3-level generators: a label-map model, a photo model and a Lab colorizer."""
+    from model.checkpoint import save_model_folder
+    from model.networks import build_generator, init_weights
+    from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass
+
+    architecture = GeneratorArchitecture(num_downs=3, base_width=4, norm="batch", dropout=True)
+    palette = tuple(
+        LabelClass(entry["id"], entry["name"], tuple(entry["color"])) for entry in PALETTE
+    )
+    specs = {
+        "labels": GeneratorSpec(
+            architecture, 3, 3, input_kind="label_map", palette=palette, one_hot=True
+        ),
+        "photo": GeneratorSpec(architecture, 3, 3),
+        "gray": GeneratorSpec(architecture, 1, 2, input_kind="grayscale", color_space="lab"),
+    }
+    torch.manual_seed(0)
+    for name, spec in specs.items():
+        spec = GeneratorSpec.from_dict(
+            spec.to_dict() | {"train_size": 32, "pad_multiple": 8, "task": name}
+        )
+        generator = build_generator(spec.architecture, spec.in_channels, spec.out_channels)
+        init_weights(generator)
+        save_model_folder(root / name, generator.eval(), spec)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """A real uvicorn process serving the app on 127.0.0.1."""
+
+    def __init__(self, models: Path, env: dict[str, str] | None = None, log: Path | None = None):
+        import os
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "PIX2PIX_MODELS_DIR": str(models), **(env or {})}
+        self.log_path = log
+        self.log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info",
+            ],  # fmt: skip
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not start in time")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except Exception:
+            self.process.kill()
+        if self.log_path:
+            self.log.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_models, tmp_path_factory):
+    """Base URL of a real uvicorn serving the tiny models (batching on, small limits)."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    server = LiveServer(
+        tiny_models,
+        env={"PIX2PIX_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024), "PIX2PIX_MAX_WAIT_MS": "30"},
+        log=log,
+    )
+    server.log_file = log
+    yield server.url
+    server.stop()

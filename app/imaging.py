@@ -1,0 +1,62 @@
+"""Safe decoding of uploaded images and encoding of results."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from app.errors import ApiError
+
+FORMATS = {
+    "png": ("PNG", "image/png"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+}
+
+
+def decode_upload(data: bytes, max_side: int, max_pixels: int) -> Image.Image:
+    """Bytes -> a fully decoded image, refusing non-images, corrupt files and pixel bombs.
+
+    The header is checked against the limits before any pixel is decoded.
+    """
+    if not data:
+        raise ApiError(422, "empty_image", "the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(
+            415, "unsupported_media_type", "the upload is not an image in a format we can read"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ApiError(413, "too_many_pixels", f"image has too many pixels: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ApiError(422, "corrupt_image", f"the image cannot be decoded: {error}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ApiError(422, "corrupt_image", f"the image has an invalid size {width}x{height}")
+    if max(width, height) > max_side or width * height > max_pixels:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"image is {width}x{height}; the limit is {max_side} px per side and "
+            f"{max_pixels} pixels",
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ApiError(
+            422, "corrupt_image", f"the image is truncated or corrupt: {error}"
+        ) from None
+    return image
+
+
+def encode_image(image: Image.Image, format_name: str) -> tuple[bytes, str]:
+    pil_format, media_type = FORMATS[format_name]
+    buffer = io.BytesIO()
+    options = {"quality": 92} if pil_format in ("JPEG", "WEBP") else {"compress_level": 1}
+    image.save(buffer, format=pil_format, **options)
+    return buffer.getvalue(), media_type

@@ -1,0 +1,152 @@
+"""The FastAPI application factory: registry, batchers, routes, errors and the web page."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from app.batching import MicroBatcher
+from app.errors import ApiError, error_body
+from app.metrics import Metrics
+from app.middleware import AccessMiddleware, BodyLimitMiddleware
+from app.registry import ModelRegistry
+from app.routes import health, models
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+# Multipart framing around the file adds a little to the body.
+MULTIPART_OVERHEAD = 64 * 1024
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+def _configure_logging() -> None:
+    """Give the service's loggers a handler unless the host program configured one."""
+    service = logging.getLogger("app")
+    if not service.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        service.addHandler(handler)
+        service.setLevel(logging.INFO)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    _configure_logging()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    metrics = Metrics()
+    registry = ModelRegistry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        registry.load_all()
+        for served in registry.models.values():
+            metrics.model_ready.labels(served.name).set(1 if served.ready else 0)
+            metrics.load_seconds.labels(served.name).set(served.load_seconds)
+            if not served.ready:
+                continue
+            served.batcher = MicroBatcher(
+                served.name,
+                served.translator.forward,
+                max_batch=settings.max_batch,
+                max_wait_ms=settings.max_wait_ms,
+                queue_size=settings.queue_size,
+                on_batch=_batch_observer(metrics, served.name),
+                on_depth=metrics.queue_depth.labels(served.name).set,
+            )
+            served.batcher.start()
+        logger.info(
+            "serving %d model(s) from %s: %s",
+            sum(m.ready for m in registry.models.values()),
+            settings.models_dir,
+            ", ".join(registry.models) or "none",
+        )
+        yield
+        for served in registry.models.values():
+            if served.batcher is not None:
+                await served.batcher.stop()
+
+    app = FastAPI(
+        title="pix2pix",
+        version="0.1.0",
+        summary="Paired image-to-image translation: upload an image, get its translation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.metrics = metrics
+
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(
+            error_body(error.code, error.message), status_code=error.status, headers=error.headers
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(error.status_code, "error")
+        message = error.detail if isinstance(error.detail, str) else str(error.detail)
+        return JSONResponse(
+            error_body(code, message), status_code=error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        return JSONResponse(error_body("invalid_request", problems), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["X-Model", "X-Inference-Ms", "X-Request-ID"],
+        )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(AccessMiddleware, metrics=metrics)
+    return app
+
+
+def _batch_observer(metrics: Metrics, name: str):
+    def observe(batch_size: int, seconds: float) -> None:
+        metrics.batch_size.labels(name).observe(batch_size)
+        metrics.inference.labels(name).observe(seconds)
+
+    return observe

@@ -1,0 +1,207 @@
+"""/v1/models: list the models and translate images with them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from PIL import Image
+from pydantic import BaseModel
+
+from app.batching import QueueFull
+from app.dependencies import get_model, get_registry, get_settings, require_api_key
+from app.errors import ApiError, ErrorResponse
+from app.imaging import FORMATS, decode_upload, encode_image
+from app.registry import ModelRegistry, ServedModel
+from app.settings import Settings
+from model.errors import InputError
+from model.processing import decode_output, encode_input, pad_to_multiple, prepare_input
+from model.tiling import plan_tiles
+from model.translate import fit_to_training_size, restore_size
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+class OutputFormat(StrEnum):
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+
+class ResizeMode(StrEnum):
+    pad = "pad"
+    fit = "fit"
+
+
+class PaletteEntry(BaseModel):
+    id: int
+    name: str
+    color: tuple[int, int, int]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str | None
+    input_kind: str | None
+    color_space: str | None
+    in_channels: int | None
+    out_channels: int | None
+    palette: list[PaletteEntry]
+    train_size: int | None
+    pad_multiple: int | None
+    inference_mode: str | None
+    runtime: str
+    status: str
+    error: str | None
+    load_seconds: float
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+def describe(served: ServedModel) -> ModelInfo:
+    spec = served.spec
+    return ModelInfo(
+        name=served.name,
+        task=spec.task if spec else None,
+        input_kind=spec.input_kind if spec else None,
+        color_space=spec.color_space if spec else None,
+        in_channels=spec.in_channels if spec else None,
+        out_channels=spec.out_channels if spec else None,
+        palette=[
+            PaletteEntry(id=c.id, name=c.name, color=c.color)
+            for c in (spec.palette if spec else ())
+        ],
+        train_size=spec.train_size if spec else None,
+        pad_multiple=spec.pad_multiple if spec else None,
+        inference_mode=spec.inference_mode if spec else None,
+        runtime=served.runtime,
+        status="ready" if served.ready else "unavailable",
+        error=served.error,
+        load_seconds=round(served.load_seconds, 3),
+    )
+
+
+@router.get("/models", response_model=ModelList, summary="List the served models")
+def list_models(registry: ModelRegistry = Depends(get_registry)) -> ModelList:
+    return ModelList(models=[describe(m) for m in registry.models.values()])
+
+
+ERRORS = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        401: "API key missing or wrong (only when PIX2PIX_API_KEY is set)",
+        404: "no such model",
+        413: "upload too large, or too many pixels",
+        415: "the upload is not an image",
+        422: "corrupt image, label map with unknown classes/colors, or a bad field",
+        503: "the model's queue is full (see Retry-After) or the model is unavailable",
+    }.items()
+}
+IMAGE_RESPONSE = {
+    200: {
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for _, media in FORMATS.values()
+        },
+        "description": "the translated image, the same size as the input",
+        "headers": {
+            "X-Model": {"description": "model that produced it", "schema": {"type": "string"}},
+            "X-Inference-Ms": {
+                "description": "time spent in the network",
+                "schema": {"type": "number"},
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{name}/translate",
+    summary="Translate an uploaded image",
+    response_class=Response,
+    responses={**IMAGE_RESPONSE, **ERRORS},
+    dependencies=[Depends(require_api_key)],
+)
+async def translate(
+    request: Request,
+    image: UploadFile = File(..., description="the input image (or label map)"),
+    format: OutputFormat = Query(OutputFormat.png, description="output image format"),
+    resize: ResizeMode = Query(
+        ResizeMode.pad,
+        description="pad: keep any size (padded to the network's multiple, cropped back); "
+        "fit: resize to the training size and back",
+    ),
+    served: ServedModel = Depends(get_model),
+    settings: Settings = Depends(get_settings),
+) -> Response:
+    spec = served.spec
+    assert spec is not None and served.batcher is not None
+    data = await image.read()
+    decoded = await run_in_threadpool(decode_upload, data, settings.max_side, settings.max_pixels)
+    request.state.input_size = f"{decoded.width}x{decoded.height}"
+    try:
+        array = await run_in_threadpool(prepare_input, decoded, spec)
+    except InputError as error:
+        raise ApiError(422, "invalid_input", str(error)) from None
+    tensor = await run_in_threadpool(encode_input, array, spec)
+    size = tuple(tensor.shape[-2:])
+    batch = tensor[None]
+    if resize is ResizeMode.fit:
+        batch = fit_to_training_size(batch, spec)
+    try:
+        output, batch_size, inference_ms = await _run(served, batch, settings)
+    except QueueFull as error:
+        raise ApiError(
+            503,
+            "queue_full",
+            f"{error}; retry shortly",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        ) from None
+    output = restore_size(output, size)
+    request.state.batch_size = batch_size
+    request.state.inference_ms = round(inference_ms, 2)
+    result = await run_in_threadpool(_to_bytes, output[0], spec, array, format.value)
+    body, media_type = result
+    return Response(
+        content=body,
+        media_type=media_type,
+        headers={"X-Model": served.name, "X-Inference-Ms": f"{inference_ms:.2f}"},
+    )
+
+
+async def _run(
+    served: ServedModel, batch: torch.Tensor, settings: Settings
+) -> tuple[torch.Tensor, int, float]:
+    """Through the micro-batcher: whole if it fits a tile, else tile by tile."""
+    spec = served.spec
+    assert spec is not None and served.batcher is not None
+    height, width = batch.shape[-2:]
+    if max(height, width) <= settings.tile_size:
+        padded, _ = pad_to_multiple(batch, spec.pad_multiple)
+        result = await served.batcher.submit(padded[0])
+        return result.output[None, :, :height, :width], result.batch_size, result.inference_ms
+    plan = plan_tiles(batch, settings.tile_size, settings.tile_overlap, spec.pad_multiple)
+    import asyncio
+
+    total_ms, largest = 0.0, 0
+    # A bounded number of tiles in flight keeps one huge image from filling the queue.
+    step = max(1, settings.max_batch)
+    for start in range(0, len(plan.boxes), step):
+        indices = range(start, min(start + step, len(plan.boxes)))
+        results = await asyncio.gather(*(served.batcher.submit(plan.crop(i)) for i in indices))
+        for index, result in zip(indices, results, strict=True):
+            plan.add(index, result.output)
+            largest = max(largest, result.batch_size)
+        total_ms += max(r.inference_ms for r in results)
+    return plan.result(), largest, total_ms
+
+
+def _to_bytes(output: torch.Tensor, spec, array: np.ndarray, format_name: str):
+    image = Image.fromarray(decode_output(output, spec, array))
+    return encode_image(image, format_name)

@@ -1,0 +1,34 @@
+"""Service settings, read from PIX2PIX_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting can be set as an environment variable, e.g. ``PIX2PIX_MAX_BATCH=16``."""
+
+    model_config = SettingsConfigDict(env_prefix="PIX2PIX_", extra="ignore")
+
+    models_dir: str = Field("models", description="folder with one sub-folder per model")
+    api_key: str | None = Field(None, description="when set, translate requires this key")
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, description="largest accepted upload")
+    max_side: int = Field(4096, description="largest accepted image side, in pixels")
+    max_pixels: int = Field(4096 * 4096, description="largest accepted width x height")
+    max_batch: int = Field(8, description="largest micro-batch run at once")
+    max_wait_ms: float = Field(10.0, description="how long a request waits for batch-mates")
+    queue_size: int = Field(64, description="pending requests per model before 503")
+    tile_size: int = Field(512, description="images larger than this are translated in tiles")
+    tile_overlap: int = Field(64, description="overlap between tiles, blended smoothly")
+    threads: int = Field(0, description="torch intra-op threads (0 = torch's default)")
+    retry_after_s: int = Field(1, description="Retry-After seconds sent with 503")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
