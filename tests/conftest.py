@@ -158,8 +158,17 @@ class LiveServer:
         self.log = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "info",
             ],  # fmt: skip
             env=environment,
             stdout=self.log,

@@ -331,7 +331,10 @@ def _paint_clouds(scene: _Scene) -> None:
     light, size, horizon, rng = scene.light, scene.size, scene.horizon, scene.rng
     if horizon < 4:
         return
-    density = _noise(rng, horizon, size, 2, 3, octaves=4, persistence=0.5)
+    # Large masses carry the shape and the overall light; small billows add rims and hollows.
+    masses = _noise(rng, horizon, size, 2, 3, octaves=2)
+    billows = _noise(rng, horizon, size, 6, 10, octaves=2)
+    density = 0.85 * masses + 0.4 * billows
     # Clouds thin out toward the horizon, where the sky is seen through more air.
     density += 0.35 - 1.6 * (scene.rows[:horizon] / horizon) ** 2
     threshold = float(np.interp(light.cloud_cover, (0.0, 1.0), (1.6, -0.6)))
@@ -341,13 +344,15 @@ def _paint_clouds(scene: _Scene) -> None:
     if cloudy_rows.size == 0:
         return
     last = int(cloudy_rows[-1]) + 1
-    density, cover, mask = density[:last], cover[:last], mask[:last]
-    shift = max(size // 32, 1)
-    above = np.empty_like(density)
-    above[shift:] = density[:-shift]
-    above[:shift] = density[:1]
-    # Density rising downward means the top of a cloud, facing the sky above: lit.
-    lit = np.clip(0.45 + 1.2 * (density - above) + 0.3 * cover, 0.0, 1.0)
+    masses, billows, cover, mask = masses[:last], billows[:last], cover[:last], mask[:last]
+    # Density rising downward means the top of a cloud or billow, facing the sky: lit.
+    lit = 0.45 + 0.25 * cover
+    for field, shift, weight in (
+        (masses, max(size // 20, 1), 1.0),
+        (billows, max(size // 64, 1), 0.5),
+    ):
+        lit[shift:] += weight * (field[shift:] - field[:-shift])
+    lit = np.clip(lit, 0.0, 1.0)
     color = light.cloud_shade + (light.cloud_lit - light.cloud_shade) * lit[None]
     # Feather the edge a little into the sky behind, as a soft brush would.
     edge = np.clip(0.45 + cover * 4.0, 0.0, 1.0)[None]
@@ -390,10 +395,14 @@ def _paint_mountains(scene: _Scene) -> None:
     for index, peak in enumerate(peaks):
         distance_rank = count - 1 - index
         base = peak * float(rng.uniform(0.05, 0.35))
-        shape = _line_noise(rng, size, int(rng.integers(2, 5)), octaves=5, persistence=0.55)
+        # Ridged noise gives sharp summits; the jagged detail is added after, so tall
+        # ridges do not turn into cliffs.
+        cells = int(rng.integers(2, 5))
+        shape = _line_noise(rng, size, cells, octaves=3)
+        detail = _line_noise(rng, size, 8 * cells, octaves=2)
         ridged = 1.0 - np.abs(np.tanh(0.8 * shape))
         mix = float(rng.uniform(0.2, 0.8))
-        profile = np.clip(0.5 + 0.3 * shape, 0.0, 1.0) * (1 - mix) + ridged * mix
+        profile = (0.5 + 0.3 * shape) * (1 - mix) + ridged * mix + 0.06 * detail
         profile = (profile - profile.min()) / max(float(np.ptp(profile)), 1e-6)
         top = horizon - (base + (peak - base) * profile)
         first = min(max(int(top.min()), 0), horizon - 1)
@@ -410,7 +419,7 @@ def _paint_mountains(scene: _Scene) -> None:
         snow = None
         if snowy:
             # A ragged snow line that creeps down the gullies and slides off steep crests.
-            ragged = 0.06 * gullies[first:] - 0.04 * scene.leaves[first:horizon]
+            ragged = 0.05 * terrain[first:] - 0.03 * scene.leaves[first:horizon]
             altitude = horizon - rows + peak * (ragged - 0.15 * np.abs(slope))
             snow = mask & (altitude > snow_line)
             # Snow in shade still glows with skylight, so its shadows stay light and blue.

@@ -1,0 +1,164 @@
+"""The web page in a real browser: paint a label map, upload a photo, see both translations.
+
+Drives Debian's Chromium through Playwright against the ``live_server`` fixture, a real
+uvicorn serving tiny models. Screenshots land in ``tests/artifacts/`` for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+TIMEOUT_MS = 15_000
+
+# True once the output image shows a finished translation newer than ``previous`` (a src).
+OUTPUT_READY = """(previous) => {
+    const frame = document.querySelector('[data-testid="output-image"]').parentElement;
+    const image = document.querySelector('[data-testid="output-image"]');
+    const error = document.querySelector('[data-testid="error-message"]');
+    if (!error.hidden) return true;
+    return frame.getAttribute("aria-busy") === "false" && !image.hidden
+        && image.complete && image.naturalWidth > 0 && image.src !== previous;
+}"""
+
+# The distinct colors on the paint canvas, packed as 0xRRGGBB.
+CANVAS_COLORS = """() => {
+    const canvas = document.querySelector('[data-testid="paint-canvas"]');
+    const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    const colors = new Set();
+    for (let i = 0; i < data.length; i += 4) {
+        if (data[i + 3] !== 255) return [-1];
+        colors.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    }
+    return [...colors];
+}"""
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def page():
+    if not CHROMIUM.exists():
+        _unavailable(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.script_errors = []
+            page.on("pageerror", lambda error: page.script_errors.append(str(error)))
+            yield page
+        finally:
+            browser.close()
+
+
+def _drag(page, canvas_box: dict, points: list[tuple[float, float]]) -> None:
+    """One mouse stroke through points given as fractions of the canvas's width and height."""
+
+    def position(u: float, v: float) -> tuple[float, float]:
+        return canvas_box["x"] + u * canvas_box["width"], canvas_box["y"] + v * canvas_box["height"]
+
+    page.mouse.move(*position(*points[0]))
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*position(*point), steps=6)
+    page.mouse.up()
+
+
+def _wait_for_output(page, previous: str | None) -> None:
+    page.wait_for_function(OUTPUT_READY, arg=previous or "", timeout=TIMEOUT_MS)
+    error = page.get_by_test_id("error-message")
+    assert error.is_hidden(), f"the page shows an error: {error.inner_text()}"
+
+
+def _output_src(page) -> str | None:
+    return page.get_by_test_id("output-image").get_attribute("src")
+
+
+def test_page_translates_a_painted_label_map_and_an_uploaded_photo(live_server, page, tmp_path):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(live_server)
+    models = page.evaluate("() => fetch('/v1/models').then((response) => response.json())")
+    labels = next(model for model in models["models"] if model["name"] == "labels")
+    palette = {(r << 16) | (g << 8) | b for r, g, b in (entry["color"] for entry in labels["palette"])}
+
+    # Label map: paint strokes with two classes, erase a little, flood-fill, translate.
+    select = page.get_by_test_id("model-select")
+    expect(select).to_be_enabled()
+    select.select_option("labels")
+    canvas = page.get_by_test_id("paint-canvas")
+    expect(canvas).to_be_visible()
+    swatches = page.get_by_test_id("palette-swatch")
+    expect(swatches).to_have_count(len(labels["palette"]))
+    box = canvas.bounding_box()
+
+    page.get_by_test_id("brush-size").fill("24")
+    swatches.nth(1).click()
+    _drag(page, box, [(0.08, 0.2), (0.35, 0.35), (0.6, 0.3), (0.9, 0.45)])
+    swatches.nth(len(labels["palette"]) - 1).click()
+    expect(swatches.nth(len(labels["palette"]) - 1)).to_have_attribute("aria-pressed", "true")
+    _drag(page, box, [(0.15, 0.8), (0.5, 0.7), (0.85, 0.85)])
+    page.get_by_test_id("tool-eraser").click()
+    _drag(page, box, [(0.45, 0.75), (0.55, 0.75)])
+    page.get_by_test_id("tool-fill").click()
+    swatches.nth(0).click()
+    page.mouse.click(box["x"] + 0.35 * box["width"], box["y"] + 0.35 * box["height"])
+
+    colors = set(page.evaluate(CANVAS_COLORS))
+    assert colors <= palette, "painting must leave only exact palette colors on the canvas"
+    assert len(colors) >= 2
+
+    previous = _output_src(page)
+    page.get_by_test_id("translate-button").click()
+    _wait_for_output(page, previous)
+    expect(page.get_by_test_id("download-link")).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "web_page_labels.png", full_page=True)
+
+    # Photo: upload a picture through the file input; it translates on its own.
+    select.select_option("photo")
+    expect(page.get_by_test_id("drop-zone")).to_be_visible()
+    expect(canvas).to_be_hidden()
+    ramp = np.linspace(0, 255, 96, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:64, None], 128), axis=-1)
+    photo_path = tmp_path / "gradient.png"
+    Image.fromarray(pixels.astype(np.uint8)).save(photo_path)
+    page.get_by_test_id("file-input").set_input_files(photo_path)
+    expect(page.get_by_test_id("input-preview")).to_be_visible()
+    _wait_for_output(page, None)
+
+    download = page.get_by_test_id("download-link")
+    expect(download).to_be_visible()
+    assert download.get_attribute("href").startswith("blob:")
+    assert download.get_attribute("download").endswith(".png")
+    expect(page.get_by_test_id("error-message")).to_be_hidden()
+    page.screenshot(path=ARTIFACTS / "web_page_photo.png", full_page=True)
+    assert page.script_errors == []
