@@ -98,6 +98,11 @@ def _wait_for_output(page, previous: str | None) -> None:
     assert error.is_hidden(), f"the page shows an error: {error.inner_text()}"
 
 
+def _screenshot(page, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=ARTIFACTS / name, full_page=True, animations="disabled")
+
+
 def _output_src(page) -> str | None:
     return page.get_by_test_id("output-image").get_attribute("src")
 
@@ -141,7 +146,7 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(live_server, 
     page.get_by_test_id("translate-button").click()
     _wait_for_output(page, previous)
     expect(page.get_by_test_id("download-link")).to_be_visible()
-    page.screenshot(path=ARTIFACTS / "web_page_labels.png", full_page=True)
+    _screenshot(page, "web_page_labels.png")
 
     # Photo: upload a picture through the file input; it translates on its own.
     select.select_option("photo")
@@ -160,5 +165,5 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(live_server, 
     assert download.get_attribute("href").startswith("blob:")
     assert download.get_attribute("download").endswith(".png")
     expect(page.get_by_test_id("error-message")).to_be_hidden()
-    page.screenshot(path=ARTIFACTS / "web_page_photo.png", full_page=True)
+    _screenshot(page, "web_page_photo.png")
     assert page.script_errors == []

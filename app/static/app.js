@@ -69,7 +69,7 @@
     paletteKey: "",
     classIndex: 0,
     tool: "brush",
-    upload: null, // {blob, name, width, height}
+    upload: null, // {blob, name}
     inputUrl: null,
     outputUrl: null,
     controller: null,
@@ -419,25 +419,22 @@
     const url = URL.createObjectURL(file);
     const preview = ui.inputPreview;
     preview.src = url;
+    let shown = true;
     try {
       await preview.decode();
     } catch {
       // The browser cannot show it (TIFF, say); the server may still read it.
+      shown = false;
     }
     if (state.inputUrl) URL.revokeObjectURL(state.inputUrl);
     state.inputUrl = url;
     const name = file.name || "pasted-image.png";
-    state.upload = {
-      blob: file,
-      name,
-      width: preview.naturalWidth,
-      height: preview.naturalHeight,
-    };
-    preview.alt = `Input image ${name}`;
-    preview.hidden = false;
-    ui.dropZone.classList.add("has-image");
-    const size = preview.naturalWidth ? `${preview.naturalWidth} × ${preview.naturalHeight} px · ` : "";
-    ui.inputCaption.textContent = `${name} · ${size}${formatBytes(file.size)}`;
+    state.upload = { blob: file, name };
+    preview.alt = shown ? `Input image ${name}` : "";
+    preview.hidden = !shown;
+    ui.dropZone.classList.toggle("has-image", shown);
+    const size = shown ? `${preview.naturalWidth} × ${preview.naturalHeight} px` : "no preview";
+    ui.inputCaption.textContent = `${name} · ${size} · ${formatBytes(file.size)}`;
     clearOutput();
     clearError();
     updateTranslateButton();
