@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +27,14 @@ class QueueFull(Exception):
 
 @dataclass
 class _Job:
-    tensor: torch.Tensor
+    tensor: np.ndarray
     future: asyncio.Future
     queued_at: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class BatchResult:
-    output: torch.Tensor
+    output: np.ndarray
     batch_size: int
     inference_ms: float
 
@@ -45,7 +45,7 @@ class MicroBatcher:
     def __init__(
         self,
         name: str,
-        run_batch: Callable[[torch.Tensor], torch.Tensor],
+        run_batch: Callable[[np.ndarray], np.ndarray],
         max_batch: int = 8,
         max_wait_ms: float = 10.0,
         queue_size: int = 64,
@@ -81,7 +81,7 @@ class MicroBatcher:
     def depth(self) -> int:
         return self.queue.qsize() + len(self._waiting)
 
-    async def submit(self, tensor: torch.Tensor) -> BatchResult:
+    async def submit(self, tensor: np.ndarray) -> BatchResult:
         """Queue one (C, H, W) input and wait for its output; raises QueueFull at the bound."""
         future = asyncio.get_running_loop().create_future()
         try:
@@ -95,7 +95,7 @@ class MicroBatcher:
         if self.on_depth is not None:
             self.on_depth(self.depth)
 
-    def _take_same_shape(self, shape: torch.Size, batch: list[_Job]) -> None:
+    def _take_same_shape(self, shape: tuple, batch: list[_Job]) -> None:
         keep = []
         for job in self._waiting:
             if len(batch) < self.max_batch and job.tensor.shape == shape:
@@ -133,7 +133,7 @@ class MicroBatcher:
             self._report_depth()
             if not batch:
                 continue
-            stacked = torch.stack([job.tensor for job in batch])
+            stacked = np.stack([job.tensor for job in batch])
             self.in_flight = len(batch)
             start = time.perf_counter()
             try:

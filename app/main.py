@@ -6,7 +6,6 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -21,6 +20,7 @@ from app.middleware import AccessMiddleware, BodyLimitMiddleware
 from app.registry import ModelRegistry
 from app.routes import health, models
 from app.settings import Settings
+from model.runtime import torch_available
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -52,7 +52,9 @@ def _configure_logging() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _configure_logging()
-    if settings.threads:
+    if settings.threads and torch_available():
+        import torch
+
         torch.set_num_threads(settings.threads)
     metrics = Metrics()
     registry = ModelRegistry(settings)
@@ -67,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 continue
             served.batcher = MicroBatcher(
                 served.name,
-                served.translator.forward,
+                served.runtime,
                 max_batch=settings.max_batch,
                 max_wait_ms=settings.max_wait_ms,
                 queue_size=settings.queue_size,

@@ -8,14 +8,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from app.batching import MicroBatcher
 from app.settings import Settings
-from model.checkpoint import load_generator
 from model.errors import CheckpointError, SpecError
+from model.runtime import Runtime, load_model
 from model.spec import GeneratorSpec
-from model.translate import Translator
 
 logger = logging.getLogger(__name__)
 
@@ -30,22 +27,19 @@ class ServedModel:
     name: str
     folder: Path
     spec: GeneratorSpec | None = None
-    translator: Translator | None = None
+    runtime: Runtime | None = None
     batcher: MicroBatcher | None = None
-    runtime: str = "torch"
     error: str | None = None
     load_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    runtime_timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
-        return self.translator is not None and self.error is None
+        return self.runtime is not None and self.error is None
 
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    @property
+    def runtime_name(self) -> str:
+        return self.runtime.name if self.runtime is not None else "none"
 
 
 class ModelRegistry:
@@ -54,7 +48,6 @@ class ModelRegistry:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
-        self.device = select_device(settings.device)
 
     def load_all(self) -> None:
         root = Path(self.settings.models_dir)
@@ -71,13 +64,16 @@ class ModelRegistry:
         served = ServedModel(name=folder.name, folder=folder)
         start = time.perf_counter()
         try:
-            generator, spec = load_generator(folder, self.device)
-            served.spec = spec
-            served.translator = Translator(generator, spec, self.device)
-            # One warm-up pass so the first request does not pay for lazy initialisation.
-            size = spec.pad_multiple
-            warmup = torch.zeros(1, spec.in_channels, size, size)
-            served.translator.run_tensor(warmup)
+            # Loading times each candidate runtime on a warm-up batch, so the first request
+            # does not pay for lazy initialisation either.
+            loaded = load_model(
+                folder,
+                runtime=self.settings.runtime,
+                device=self.settings.device,
+                threads=self.settings.threads,
+            )
+            served.spec, served.runtime = loaded.spec, loaded.runtime
+            served.runtime_timings_ms = loaded.timings_ms
         except (CheckpointError, SpecError, OSError, RuntimeError) as error:
             served.error = str(error)
             logger.error("model %s is unavailable: %s", folder.name, error)

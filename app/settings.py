@@ -17,6 +17,11 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="when set, translate requires this key")
     cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    runtime: str = Field(
+        "auto",
+        description="auto (time the candidates at load, keep the fastest), torch, torch-bf16, "
+        "torch-fp16, torch-compile, torchscript or onnx",
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, description="largest accepted upload")
     max_side: int = Field(4096, description="largest accepted image side, in pixels")
     max_pixels: int = Field(4096 * 4096, description="largest accepted width x height")
@@ -25,7 +30,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, description="pending requests per model before 503")
     tile_size: int = Field(512, description="images larger than this are translated in tiles")
     tile_overlap: int = Field(64, description="overlap between tiles, blended smoothly")
-    threads: int = Field(0, description="torch intra-op threads (0 = torch's default)")
+    threads: int = Field(0, description="inference threads per model (0 = the runtime's default)")
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503")
 
 

@@ -1,9 +1,8 @@
-"""Checkpoint I/O: model folders (weights + spec) written atomically and loaded safely.
+"""Checkpoint I/O: PyTorch weights written atomically (safetensors) and loaded safely.
 
-A *model folder* holds ``spec.json`` and ``generator.safetensors``. A training checkpoint is a
-model folder with extra files beside it, so any checkpoint can be served or exported as it is.
-A run directory points at its newest checkpoint through ``checkpoints/latest``, a one-line file
-replaced atomically, so a killed run never leaves a corrupt "latest".
+A training checkpoint is a model folder (see ``model.folders``) with extra files beside it,
+so any checkpoint can be served or exported as it is. The ``latest`` pointer is replaced
+atomically, so a killed run never leaves a corrupt "latest".
 """
 
 from __future__ import annotations
@@ -20,14 +19,28 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.errors import CheckpointError
+from model.folders import (
+    CHECKPOINTS_DIR,
+    GENERATOR_WEIGHTS,
+    LATEST_POINTER,
+    latest_checkpoint,
+    load_spec,
+    resolve_model_folder,
+)
 from model.networks import build_generator
-from model.spec import SPEC_FILENAME, GeneratorSpec, SpecError, write_text_atomic
+from model.spec import SPEC_FILENAME, GeneratorSpec, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_WEIGHTS = "generator.safetensors"
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_POINTER = "latest"
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "GENERATOR_WEIGHTS",
+    "CheckpointError",
+    "latest_checkpoint",
+    "load_generator",
+    "load_spec",
+    "resolve_model_folder",
+]
 
 
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
@@ -67,32 +80,6 @@ def save_model_folder(
     return folder
 
 
-def resolve_model_folder(path: str | Path) -> Path:
-    """A model folder, a checkpoint folder, or a run directory -> the folder holding weights."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
-    if (path / GENERATOR_WEIGHTS).is_file():
-        return path
-    pointer = path / CHECKPOINTS_DIR / LATEST_POINTER
-    if pointer.is_file():
-        return latest_checkpoint(path / CHECKPOINTS_DIR)
-    if (path / CHECKPOINTS_DIR).is_dir():
-        raise CheckpointError(f"{path}: the run has no checkpoint yet ({pointer} is missing)")
-    raise CheckpointError(
-        f"{path}: not a model folder ({GENERATOR_WEIGHTS} + {SPEC_FILENAME}) or a run directory"
-    )
-
-
-def latest_checkpoint(checkpoints: Path) -> Path:
-    pointer = checkpoints / LATEST_POINTER
-    name = pointer.read_text(encoding="utf-8").strip()
-    folder = checkpoints / name
-    if not name or "/" in name or not (folder / GENERATOR_WEIGHTS).is_file():
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a complete checkpoint")
-    return folder
-
-
 def publish_latest(checkpoints: Path, name: str) -> None:
     write_text_atomic(checkpoints / LATEST_POINTER, name + "\n")
 
@@ -121,14 +108,6 @@ def write_checkpoint_folder(checkpoints: Path, name: str, writer) -> Path:
         raise
 
 
-def load_spec(path: str | Path) -> GeneratorSpec:
-    folder = resolve_model_folder(path)
-    try:
-        return GeneratorSpec.load(folder / SPEC_FILENAME)
-    except SpecError as error:
-        raise CheckpointError(str(error)) from error
-
-
 def load_generator(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, GeneratorSpec]:
@@ -139,6 +118,8 @@ def load_generator(
     folder = resolve_model_folder(path)
     spec = load_spec(folder)
     weights = folder / GENERATOR_WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: no {GENERATOR_WEIGHTS} (PyTorch weights) here")
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as error:

@@ -2,15 +2,14 @@
 
 Training and serving both call these functions, so what is served is exactly what was trained:
 ``prepare_input`` turns a decoded image into the canonical array for the spec's input kind,
-``encode_input``/``encode_target`` turn arrays into network tensors, ``decode_output`` turns the
-network's output back into an RGB image.
+``encode_input``/``encode_target`` turn arrays into float32 (C, H, W) network inputs and targets,
+``decode_output`` turns the network's output back into an RGB image. Everything here is NumPy,
+so a serving install with ONNX Runtime needs no torch.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as functional
 from PIL import Image, ImageOps
 
 from model.errors import InputError
@@ -145,58 +144,62 @@ def prepare_target(image: Image.Image, spec: GeneratorSpec) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-# -- canonical array <-> tensor ---------------------------------------------------------------
+# -- canonical array <-> network arrays ---------------------------------------------------------
 
 
-def _unit_tensor(array: np.ndarray) -> torch.Tensor:
+def _unit(array: np.ndarray) -> np.ndarray:
     """uint8 (H, W[, C]) -> float32 (C, H, W) in [-1, 1]."""
-    tensor = torch.from_numpy(array.astype(np.float32))
-    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    return tensor / 127.5 - 1.0
+    values = array.astype(np.float32) / 127.5 - 1.0
+    return values[None] if values.ndim == 2 else np.ascontiguousarray(values.transpose(2, 0, 1))
 
 
-def encode_input(array: np.ndarray, spec: GeneratorSpec) -> torch.Tensor:
+def encode_input(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
     """Canonical input array -> network input (C, H, W) float32."""
     if spec.input_kind == "label_map":
-        ids = torch.from_numpy(array.astype(np.int64))
-        lookup = torch.zeros(256, dtype=torch.long)
+        lookup = np.zeros(256, dtype=np.int64)
         for position, label in enumerate(spec.palette):
             lookup[label.id] = position
-        positions = lookup[ids]
+        positions = lookup[array]
         if spec.one_hot:
-            return functional.one_hot(positions, spec.num_classes).permute(2, 0, 1).float()
+            channels = np.arange(spec.num_classes, dtype=np.int64)[:, None, None]
+            return (positions[None] == channels).astype(np.float32)
         scale = max(spec.num_classes - 1, 1)
-        return (positions.float() / scale * 2.0 - 1.0).unsqueeze(0)
+        return (positions.astype(np.float32) / scale * 2.0 - 1.0)[None]
     if spec.color_space == "lab":
         lightness = rgb_to_lab(array)[..., 0]
-        return torch.from_numpy(lightness / L_SCALE - 1.0).unsqueeze(0)
-    return _unit_tensor(array)
+        return (lightness / L_SCALE - 1.0)[None].astype(np.float32)
+    return _unit(array)
 
 
-def encode_target(array: np.ndarray, spec: GeneratorSpec) -> torch.Tensor:
+def encode_target(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
     """Canonical target array -> network target (C, H, W) float32 (ab for Lab models)."""
     if spec.color_space == "lab":
         ab = rgb_to_lab(array)[..., 1:] / AB_SCALE
-        return torch.from_numpy(np.ascontiguousarray(ab)).permute(2, 0, 1)
-    return _unit_tensor(array)
+        return np.ascontiguousarray(ab.transpose(2, 0, 1), dtype=np.float32)
+    return _unit(array)
 
 
 def decode_output(
-    output: torch.Tensor, spec: GeneratorSpec, input_array: np.ndarray | None = None
+    output, spec: GeneratorSpec, input_array: np.ndarray | None = None
 ) -> np.ndarray:
-    """Network output (C, H, W) -> uint8 RGB (H, W, 3); Lab models recombine with input L."""
-    output = output.detach().float().cpu().clamp(-1.0, 1.0)
+    """Network output (C, H, W) array or tensor -> uint8 RGB (H, W, 3).
+
+    Lab models recombine the predicted ab with the input's L.
+    """
+    if hasattr(output, "detach"):  # a torch tensor, without importing torch here
+        output = output.detach().float().cpu().numpy()
+    output = np.clip(np.asarray(output, dtype=np.float32), -1.0, 1.0)
     if spec.color_space == "lab":
         if input_array is None:
             raise ValueError("a lab generator's output needs the input image to recombine L")
         lightness = rgb_to_lab(input_array)[..., :1]
-        ab = output.permute(1, 2, 0).numpy() * AB_SCALE
+        ab = output.transpose(1, 2, 0) * AB_SCALE
         return lab_to_rgb(np.concatenate([lightness, ab], axis=-1))
-    image = ((output + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    image = image.permute(1, 2, 0).numpy()
+    image = np.clip(np.rint((output + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    image = image.transpose(1, 2, 0)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
-    return image
+    return np.ascontiguousarray(image)
 
 
 def input_preview(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
@@ -218,11 +221,11 @@ def input_preview(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
 # -- sizes ------------------------------------------------------------------------------------
 
 
-def pad_to_multiple(batch: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Reflect-pad (N, C, H, W) on the bottom/right up to a multiple; returns original size.
 
     Reflection needs the pad to be smaller than the side, so small images are padded in
-    several reflections.
+    several reflections; a 1-pixel side is replicated.
     """
     height, width = batch.shape[-2:]
     target_h = -(-height // multiple) * multiple
@@ -230,12 +233,24 @@ def pad_to_multiple(batch: torch.Tensor, multiple: int) -> tuple[torch.Tensor, t
     padded = batch
     while padded.shape[-2] < target_h or padded.shape[-1] < target_w:
         current_h, current_w = padded.shape[-2:]
-        pad_h = min(target_h - current_h, current_h - 1)
-        pad_w = min(target_w - current_w, current_w - 1)
-        if pad_h <= 0 and pad_w <= 0:  # a 1-pixel side cannot reflect
-            padded = functional.pad(
-                padded, (0, target_w - current_w, 0, target_h - current_h), mode="replicate"
-            )
+        pad_h = max(min(target_h - current_h, current_h - 1), 0)
+        pad_w = max(min(target_w - current_w, current_w - 1), 0)
+        if pad_h == 0 and pad_w == 0:
+            widths = ((0, 0), (0, 0), (0, target_h - current_h), (0, target_w - current_w))
+            padded = np.pad(padded, widths, mode="edge")
             break
-        padded = functional.pad(padded, (0, max(pad_w, 0), 0, max(pad_h, 0)), mode="reflect")
+        padded = np.pad(padded, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
     return padded, (height, width)
+
+
+def resize_batch(batch: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize (N, C, H, W) float32 to ``size`` (H, W): bicubic, or nearest for label maps."""
+    if tuple(batch.shape[-2:]) == tuple(size):
+        return batch
+    resample = Image.NEAREST if nearest else Image.BICUBIC
+    out = np.empty((*batch.shape[:2], *size), dtype=np.float32)
+    for n in range(batch.shape[0]):
+        for c in range(batch.shape[1]):
+            channel = Image.fromarray(batch[n, c].astype(np.float32), mode="F")
+            out[n, c] = np.asarray(channel.resize((size[1], size[0]), resample))
+    return out

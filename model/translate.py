@@ -2,65 +2,65 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as functional
 from PIL import Image
-from torch import nn
 
-from model.checkpoint import load_generator
-from model.processing import decode_output, encode_input, pad_to_multiple, prepare_input
+from model.processing import (
+    decode_output,
+    encode_input,
+    pad_to_multiple,
+    prepare_input,
+    resize_batch,
+)
 from model.spec import GeneratorSpec
 from model.tiling import translate_tiled
 
 RESIZE_MODES = ("pad", "fit")
 
 
-def fit_to_training_size(batch: torch.Tensor, spec: GeneratorSpec) -> torch.Tensor:
+def fit_to_training_size(batch: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
     """Resize (N, C, H, W) inputs to the training size (label maps nearest-neighbour)."""
     size = (spec.train_size, spec.train_size)
-    if spec.input_kind == "label_map":
-        return functional.interpolate(batch, size=size, mode="nearest")
-    return functional.interpolate(batch, size=size, mode="bilinear", antialias=True)
+    return resize_batch(batch, size, nearest=spec.input_kind == "label_map")
 
 
-def restore_size(output: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def restore_size(output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize (N, C, h, w) outputs back to ``size``."""
-    if tuple(output.shape[-2:]) == tuple(size):
-        return output
-    return functional.interpolate(output, size=size, mode="bilinear", antialias=True).clamp(-1, 1)
+    return np.clip(resize_batch(output, size), -1.0, 1.0)
 
 
 class Translator:
-    """A loaded generator plus its spec: image in, translated image out, same size."""
+    """A runtime plus its spec: image in, translated image out, same size.
+
+    ``runtime`` maps (N, C, H, W) float32 with sides divisible by the spec's multiple to
+    (N, C_out, H, W) float32 (see ``model.runtime``).
+    """
 
     def __init__(
         self,
-        generator: nn.Module,
+        runtime: Callable[[np.ndarray], np.ndarray],
         spec: GeneratorSpec,
-        device: str | torch.device,
         tile_size: int = 0,
         tile_overlap: int = 64,
     ):
-        self.generator = generator
+        self.runtime = runtime
         self.spec = spec
-        self.device = torch.device(device)
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", **options) -> Translator:
-        generator, spec = load_generator(path, device)
-        return cls(generator, spec, device, **options)
+    def load(
+        cls, path: str | Path, runtime: str = "torch", device: str = "auto", **options
+    ) -> Translator:
+        from model.runtime import load_model
 
-    @torch.inference_mode()
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) with H, W multiples of the spec's -> (N, C_out, H, W) on the CPU."""
-        return self.generator(batch.to(self.device)).float().cpu()
+        loaded = load_model(path, runtime=runtime, device=device)
+        return cls(loaded.runtime, loaded.spec, **options)
 
-    def run_tensor(self, batch: torch.Tensor, resize: str = "pad") -> torch.Tensor:
+    def run_batch(self, batch: np.ndarray, resize: str = "pad") -> np.ndarray:
         """(N, C, H, W) encoded inputs of one size -> (N, C_out, H, W) outputs.
 
         ``pad`` reflect-pads to the spec's multiple and crops back (tiling large inputs when
@@ -70,12 +70,14 @@ class Translator:
             raise ValueError(f"resize must be 'pad' or 'fit', not {resize!r}")
         size = tuple(batch.shape[-2:])
         if resize == "fit":
-            return restore_size(self.forward(fit_to_training_size(batch, self.spec)), size)
+            fitted, _ = pad_to_multiple(fit_to_training_size(batch, self.spec), self.spec.pad_multiple)
+            output = self.runtime(fitted)[..., : self.spec.train_size, : self.spec.train_size]
+            return restore_size(output, size)
         if self.tile_size and max(size) > self.tile_size:
-            return torch.cat(
+            return np.concatenate(
                 [
                     translate_tiled(
-                        self.forward,
+                        self.runtime,
                         item[None],
                         self.tile_size,
                         self.tile_overlap,
@@ -85,11 +87,11 @@ class Translator:
                 ]
             )
         padded, _ = pad_to_multiple(batch, self.spec.pad_multiple)
-        return self.forward(padded)[..., : size[0], : size[1]]
+        return self.runtime(padded)[..., : size[0], : size[1]]
 
     def translate_array(self, array: np.ndarray, resize: str = "pad") -> np.ndarray:
         """Canonical input array (see ``prepare_input``) -> uint8 RGB output array."""
-        output = self.run_tensor(encode_input(array, self.spec).unsqueeze(0), resize)
+        output = self.run_batch(encode_input(array, self.spec)[None], resize)
         return decode_output(output[0], self.spec, array)
 
     def translate(self, image: Image.Image, resize: str = "pad", tolerance: int = 0) -> Image.Image:

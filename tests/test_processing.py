@@ -123,12 +123,19 @@ def test_exif_orientation_is_applied():
 
 @pytest.mark.parametrize("size", [(333, 517), (5, 300), (1, 1), (256, 256)])
 def test_padding_reaches_the_multiple_and_keeps_the_image(size):
-    batch = torch.randn(1, 3, *size)
+    batch = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
     padded, original = pad_to_multiple(batch, 64)
     assert original == size
     assert padded.shape[-2] % 64 == 0 and padded.shape[-1] % 64 == 0
     assert padded.shape[-2] - size[0] < 64 and padded.shape[-1] - size[1] < 64
-    assert torch.equal(padded[..., : size[0], : size[1]], batch)
+    assert np.array_equal(padded[..., : size[0], : size[1]], batch)
+
+
+def test_padding_matches_torch_reflect_padding():
+    batch = np.random.default_rng(1).standard_normal((1, 2, 37, 53)).astype(np.float32)
+    padded, _ = pad_to_multiple(batch, 16)
+    expected = torch.nn.functional.pad(torch.from_numpy(batch), (0, 11, 0, 11), mode="reflect")
+    assert np.array_equal(padded, expected.numpy())
 
 
 def test_output_decoding_maps_range_to_bytes():

@@ -39,41 +39,43 @@ OUTPUT_READY = """(previous) => {
         && image.complete && image.naturalWidth > 0 && image.src !== previous;
 }"""
 
-# The distinct colors on the paint canvas, packed as 0xRRGGBB.
-CANVAS_COLORS = """() => {
+# How many pixels of each color the paint canvas holds, packed as 0xRRGGBB (-1: not opaque).
+CANVAS_HISTOGRAM = """() => {
     const canvas = document.querySelector('[data-testid="paint-canvas"]');
     const { data } = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-    const colors = new Set();
+    const counts = {};
     for (let i = 0; i < data.length; i += 4) {
-        if (data[i + 3] !== 255) return [-1];
-        colors.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+        const key = data[i + 3] === 255 ? (data[i] << 16) | (data[i + 1] << 8) | data[i + 2] : -1;
+        counts[key] = (counts[key] || 0) + 1;
     }
-    return [...colors];
+    return counts;
 }"""
 
 
-def _unavailable(reason: str) -> None:
+def _skip_or_fail(reason: str) -> None:
+    """Skip where the browser is missing, but fail on CI, where it must be installed."""
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
 
 
 @pytest.fixture
-def page():
+def browser_page():
+    """A fresh Chromium page, 1280 x 900."""
     if not CHROMIUM.exists():
-        _unavailable(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+        _skip_or_fail(
+            f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
+        _skip_or_fail("the playwright package is not installed (pip install -e '.[dev]')")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
-            page.script_errors = []
-            page.on("pageerror", lambda error: page.script_errors.append(str(error)))
             yield page
         finally:
             browser.close()
@@ -103,18 +105,32 @@ def _screenshot(page, name: str) -> None:
     page.screenshot(path=ARTIFACTS / name, full_page=True, animations="disabled")
 
 
+def _packed(color: list[int]) -> int:
+    red, green, blue = color
+    return (red << 16) | (green << 8) | blue
+
+
+def _histogram(page) -> dict[int, int]:
+    return {int(color): count for color, count in page.evaluate(CANVAS_HISTOGRAM).items()}
+
+
 def _output_src(page) -> str | None:
     return page.get_by_test_id("output-image").get_attribute("src")
 
 
-def test_page_translates_a_painted_label_map_and_an_uploaded_photo(live_server, page, tmp_path):
+def test_page_translates_a_painted_label_map_and_an_uploaded_photo(
+    live_server, browser_page, tmp_path
+):
     from playwright.sync_api import expect
 
+    page = browser_page
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(live_server)
     models = page.evaluate("() => fetch('/v1/models').then((response) => response.json())")
     labels = next(model for model in models["models"] if model["name"] == "labels")
-    palette = {(r << 16) | (g << 8) | b for r, g, b in (entry["color"] for entry in labels["palette"])}
+    palette = {_packed(entry["color"]) for entry in labels["palette"]}
 
     # Label map: paint strokes with two classes, erase a little, flood-fill, translate.
     select = page.get_by_test_id("model-select")
@@ -134,13 +150,17 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(live_server, 
     _drag(page, box, [(0.15, 0.8), (0.5, 0.7), (0.85, 0.85)])
     page.get_by_test_id("tool-eraser").click()
     _drag(page, box, [(0.45, 0.75), (0.55, 0.75)])
+    before_fill = _histogram(page)
     page.get_by_test_id("tool-fill").click()
     swatches.nth(0).click()
     page.mouse.click(box["x"] + 0.35 * box["width"], box["y"] + 0.35 * box["height"])
+    after_fill = _histogram(page)
 
-    colors = set(page.evaluate(CANVAS_COLORS))
-    assert colors <= palette, "painting must leave only exact palette colors on the canvas"
-    assert len(colors) >= 2
+    assert set(after_fill) <= palette, "painting must leave only exact palette colors"
+    first, second = (_packed(entry["color"]) for entry in labels["palette"][:2])
+    assert before_fill[second] > 0, "the brush strokes left no pixels of the chosen class"
+    assert after_fill[first] > before_fill[first], "the fill did not paint the first class"
+    assert after_fill.get(second, 0) < before_fill[second]
 
     previous = _output_src(page)
     page.get_by_test_id("translate-button").click()
@@ -166,4 +186,4 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(live_server, 
     assert download.get_attribute("download").endswith(".png")
     expect(page.get_by_test_id("error-message")).to_be_hidden()
     _screenshot(page, "web_page_photo.png")
-    assert page.script_errors == []
+    assert script_errors == []

@@ -292,8 +292,8 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         a_array, b_array = self.arrays(index)
         return {
-            "A": encode_input(a_array, self.spec),
-            "B": encode_target(b_array, self.spec),
+            "A": torch.from_numpy(encode_input(a_array, self.spec)),
+            "B": torch.from_numpy(encode_target(b_array, self.spec)),
             "index": index,
         }
 

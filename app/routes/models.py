@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import asyncio
+
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -80,7 +81,7 @@ def describe(served: ServedModel) -> ModelInfo:
         train_size=spec.train_size if spec else None,
         pad_multiple=spec.pad_multiple if spec else None,
         inference_mode=spec.inference_mode if spec else None,
-        runtime=served.runtime,
+        runtime=served.runtime_name,
         status="ready" if served.ready else "unavailable",
         error=served.error,
         load_seconds=round(served.load_seconds, 3),
@@ -176,8 +177,8 @@ async def translate(
 
 
 async def _run(
-    served: ServedModel, batch: torch.Tensor, settings: Settings
-) -> tuple[torch.Tensor, int, float]:
+    served: ServedModel, batch: np.ndarray, settings: Settings
+) -> tuple[np.ndarray, int, float]:
     """Through the micro-batcher: whole if it fits a tile, else tile by tile."""
     spec = served.spec
     assert spec is not None and served.batcher is not None
@@ -187,8 +188,6 @@ async def _run(
         result = await served.batcher.submit(padded[0])
         return result.output[None, :, :height, :width], result.batch_size, result.inference_ms
     plan = plan_tiles(batch, settings.tile_size, settings.tile_overlap, spec.pad_multiple)
-    import asyncio
-
     total_ms, largest = 0.0, 0
     # A bounded number of tiles in flight keeps one huge image from filling the queue.
     step = max(1, settings.max_batch)
@@ -202,6 +201,6 @@ async def _run(
     return plan.result(), largest, total_ms
 
 
-def _to_bytes(output: torch.Tensor, spec, array: np.ndarray, format_name: str):
+def _to_bytes(output: np.ndarray, spec, array: np.ndarray, format_name: str):
     image = Image.fromarray(decode_output(output, spec, array))
     return encode_image(image, format_name)

@@ -254,7 +254,7 @@
           ? model.color_space === "lab"
             ? "Colorizes the lightness of any picture"
             : "Color pictures are read as grayscale"
-          : "Any picture; it is padded or scaled as chosen below";
+          : "Any picture, any size";
     }
     updateTranslateButton();
     if (model.status !== "ready") return;
@@ -923,7 +923,6 @@
       storage.set(STORAGE_KEYS.apiKey, ui.apiKey.value.trim());
       if (!state.models.length) loadModels();
     });
-    if (ui.apiKey.value) ui.settings.open = false;
 
     ui.themeSelect.value = storage.get(STORAGE_KEYS.theme, "auto");
     applyTheme(ui.themeSelect.value);

@@ -1,0 +1,254 @@
+"""Inference runtimes behind one interface: NumPy (N, C, H, W) float32 in, the same out.
+
+- ``torch``: eager PyTorch in fp32, channels_last on the CPU;
+- ``torch-bf16`` / ``torch-fp16``: the same under autocast (fp16 on CUDA only);
+- ``torch-compile``: ``torch.compile`` of the fp32 model;
+- ``torchscript``: a traced ``generator.torchscript.pt``;
+- ``onnx``: ONNX Runtime on ``generator.onnx`` (CPU, or CUDA when its provider is present).
+
+The ONNX path imports neither torch nor anything that does, so a CPU serving install can be
+onnxruntime + numpy + pillow + fastapi + uvicorn. ``auto`` times the full-precision candidates
+on a short warm-up and keeps the fastest.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from model.errors import CheckpointError
+from model.folders import (
+    GENERATOR_ONNX,
+    GENERATOR_TORCHSCRIPT,
+    GENERATOR_WEIGHTS,
+    load_spec,
+    resolve_model_folder,
+)
+from model.spec import GeneratorSpec
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "torch-bf16", "torch-fp16", "torch-compile", "torchscript", "onnx")
+
+
+class Runtime(Protocol):
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if name != "auto":
+        return name
+    if torch_available():
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+class TorchRuntime:
+    """Eager (optionally compiled) PyTorch, fp32 or under bf16/fp16 autocast."""
+
+    def __init__(
+        self,
+        generator,
+        device: str = "cpu",
+        precision: str = "fp32",
+        compile: bool = False,
+        channels_last: bool | None = None,
+    ):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise CheckpointError("fp16 inference needs a GPU; use bf16 on the CPU")
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        # channels_last lets oneDNN/cuDNN pick their fastest convolution layouts.
+        self.channels_last = True if channels_last is None else channels_last
+        self.memory_format = (
+            torch.channels_last if self.channels_last else torch.contiguous_format
+        )
+        self.generator = generator.to(self.device, memory_format=self.memory_format)
+        self.module = torch.compile(self.generator) if compile else self.generator
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        self.name = "torch-compile" if compile else f"torch{suffix}"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            inputs = inputs.to(self.device).contiguous(memory_format=self.memory_format)
+            if self.dtype is None:
+                output = self.module(inputs)
+            else:
+                with torch.autocast(self.device.type, dtype=self.dtype):
+                    output = self.module(inputs)
+            return output.float().cpu().numpy()
+
+
+class TorchScriptRuntime:
+    def __init__(self, path: Path, device: str = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.module = torch.jit.load(str(path), map_location=self.device)
+        self.name = "torchscript"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            return self.module(inputs.to(self.device)).float().cpu().numpy()
+
+
+class OnnxRuntime:
+    """ONNX Runtime session; uses the CUDA provider when it is installed and asked for."""
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int = 0):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        available = onnxruntime.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), sess_options=options, providers=providers
+            )
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({error})") from error
+        self.input_name = self.session.get_inputs()[0].name
+        self.name = "onnx-cuda" if providers[0].startswith("CUDA") else "onnx"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        inputs = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run(None, {self.input_name: inputs})[0]
+
+
+@dataclass
+class LoadedModel:
+    spec: GeneratorSpec
+    runtime: Runtime
+    folder: Path
+    timings_ms: dict[str, float]
+
+
+def candidate_names(folder: Path, device: str) -> list[str]:
+    """The full-precision runtimes this folder and this install can run.
+
+    Reduced precision changes the numbers slightly, so ``auto`` never picks it on its own:
+    ask for torch-bf16 or torch-fp16 by name.
+    """
+    names = []
+    if (folder / GENERATOR_ONNX).is_file() and onnxruntime_available():
+        names.append("onnx")
+    if (folder / GENERATOR_WEIGHTS).is_file() and torch_available():
+        names.append("torch")
+    if (folder / GENERATOR_TORCHSCRIPT).is_file() and torch_available():
+        names.append("torchscript")
+    return names
+
+
+def build_runtime(name: str, folder: Path, spec: GeneratorSpec, device: str, threads: int = 0):
+    if name not in RUNTIMES:
+        raise CheckpointError(f"unknown runtime {name!r} (choose from auto, {', '.join(RUNTIMES)})")
+    if name == "onnx":
+        path = folder / GENERATOR_ONNX
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: runtime onnx needs {GENERATOR_ONNX}")
+        if spec.inference_mode == "train":
+            raise CheckpointError(
+                f"{folder}: the spec asks for train-mode inference (dropout at test time), "
+                "which the ONNX export does not carry; use the torch runtime"
+            )
+        return OnnxRuntime(path, device, threads)
+    if not torch_available():
+        raise CheckpointError(f"runtime {name} needs PyTorch, which is not installed")
+    if name == "torchscript":
+        path = folder / GENERATOR_TORCHSCRIPT
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: runtime torchscript needs {GENERATOR_TORCHSCRIPT}")
+        return TorchScriptRuntime(path, device)
+    from model.checkpoint import load_generator
+
+    generator, _ = load_generator(folder, device)
+    precision = {"torch-bf16": "bf16", "torch-fp16": "fp16"}.get(name, "fp32")
+    return TorchRuntime(generator, device, precision, compile=name == "torch-compile")
+
+
+def time_runtime(runtime: Runtime, spec: GeneratorSpec, repeats: int = 2) -> float:
+    """Milliseconds per call on one training-size input, after one warm-up call."""
+    size = max(spec.train_size, spec.pad_multiple)
+    size = -(-size // spec.pad_multiple) * spec.pad_multiple
+    batch = np.zeros((1, spec.in_channels, size, size), dtype=np.float32)
+    runtime(batch)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        runtime(batch)
+    return (time.perf_counter() - start) / repeats * 1000.0
+
+
+def load_model(
+    path: str | Path, runtime: str = "auto", device: str = "auto", threads: int = 0
+) -> LoadedModel:
+    """Spec plus a ready runtime for a model folder, checkpoint or run directory.
+
+    ``auto`` builds every runtime the folder and install support, times each on a warm-up
+    batch and keeps the fastest; a runtime that fails to build is logged and skipped.
+    """
+    folder = resolve_model_folder(path)
+    spec = load_spec(folder)
+    device = resolve_device(device)
+    if runtime != "auto":
+        built = build_runtime(runtime, folder, spec, device, threads)
+        return LoadedModel(spec, built, folder, {built.name: time_runtime(built, spec)})
+    names = candidate_names(folder, device)
+    if spec.inference_mode == "train":
+        names = [name for name in names if name != "onnx"]
+    if not names:
+        raise CheckpointError(
+            f"{folder}: no runtime can load this model here (onnxruntime installed: "
+            f"{onnxruntime_available()}, torch installed: {torch_available()})"
+        )
+    best, best_name, timings, errors = None, "", {}, []
+    for name in names:
+        try:
+            candidate = build_runtime(name, folder, spec, device, threads)
+            timings[name] = time_runtime(candidate, spec)
+        except (CheckpointError, RuntimeError, OSError) as error:
+            errors.append(f"{name}: {error}")
+            logger.warning("runtime %s unavailable for %s: %s", name, folder, error)
+            continue
+        if best is None or timings[name] < timings[best_name]:
+            best, best_name = candidate, name
+    if best is None:
+        raise CheckpointError(f"{folder}: no runtime could load it: " + "; ".join(errors))
+    logger.info(
+        "%s: runtime %s (%s)",
+        folder.name,
+        best.name,
+        ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()),
+    )
+    return LoadedModel(spec, best, folder, timings)
