@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODELS ?= models
 
-.PHONY: serve test lint format demo-models bench clean
+.PHONY: serve test lint format demo-models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ lint: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Rebuild the bundled demo models from scratch: synthetic data, training, fp16 export.
+demo-models: $(VENV)/.installed
+	$(BIN)/pix2pix data synth --out data/synth-labels --n 1000 --size 128 --seed 0
+	$(BIN)/pix2pix data synth --task color --out data/synth-color --n 1000 --size 128 --seed 1
+	rm -rf runs/synth-labels runs/synth-color
+	$(BIN)/pix2pix train --config configs/synth-labels.toml
+	$(BIN)/pix2pix train --config configs/synth-color.toml
+	$(BIN)/pix2pix export runs/synth-labels --half --out models/labels2photo
+	$(BIN)/pix2pix export runs/synth-color --half --out models/gray2color
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -179,9 +179,7 @@ def encode_target(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
     return _unit(array)
 
 
-def decode_output(
-    output, spec: GeneratorSpec, input_array: np.ndarray | None = None
-) -> np.ndarray:
+def decode_output(output, spec: GeneratorSpec, input_array: np.ndarray | None = None) -> np.ndarray:
     """Network output (C, H, W) array or tensor -> uint8 RGB (H, W, 3).
 
     Lab models recombine the predicted ab with the input's L.

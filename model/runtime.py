@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,12 +44,19 @@ class Runtime(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or deliberately blocked install
+        return False
+
+
 def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
+    return _installed("torch")
 
 
 def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+    return _installed("onnxruntime")
 
 
 def resolve_device(name: str) -> str:
@@ -82,9 +90,7 @@ class TorchRuntime:
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         # channels_last lets oneDNN/cuDNN pick their fastest convolution layouts.
         self.channels_last = True if channels_last is None else channels_last
-        self.memory_format = (
-            torch.channels_last if self.channels_last else torch.contiguous_format
-        )
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.generator = generator.to(self.device, memory_format=self.memory_format)
         self.module = torch.compile(self.generator) if compile else self.generator
         suffix = "" if precision == "fp32" else f"-{precision}"
@@ -109,7 +115,9 @@ class TorchScriptRuntime:
 
         self.torch = torch
         self.device = torch.device(device)
-        self.module = torch.jit.load(str(path), map_location=self.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, still works
+            self.module = torch.jit.load(str(path), map_location=self.device)
         self.name = "torchscript"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

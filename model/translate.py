@@ -70,7 +70,9 @@ class Translator:
             raise ValueError(f"resize must be 'pad' or 'fit', not {resize!r}")
         size = tuple(batch.shape[-2:])
         if resize == "fit":
-            fitted, _ = pad_to_multiple(fit_to_training_size(batch, self.spec), self.spec.pad_multiple)
+            fitted, _ = pad_to_multiple(
+                fit_to_training_size(batch, self.spec), self.spec.pad_multiple
+            )
             output = self.runtime(fitted)[..., : self.spec.train_size, : self.spec.train_size]
             return restore_size(output, size)
         if self.tile_size and max(size) > self.tile_size:

@@ -45,10 +45,31 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 # -- verbs --------------------------------------------------------------------------------------
 
 
+def launch_processes(args: argparse.Namespace, extra: list[str]) -> int:
+    """``train --nproc N``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={args.nproc}", "-m", "pix2pix.cli"]
+    command += ["--verbose"] if args.verbose else []
+    command += ["train"] + (["--config", str(args.config)] if args.config else [])
+    command += ["--resume"] if args.resume else []
+    command += ["--resume-run", str(args.resume_run)] if args.resume_run else []
+    command += ["--quiet"] if args.quiet else []
+    return subprocess.call(command + extra)
+
+
 def command_train(args: argparse.Namespace, extra: list[str]) -> int:
+    import os
+
     from training.config import load_config, set_value
     from training.trainer import load_run_config, train
 
+    if args.nproc > 1 and "RANK" not in os.environ:
+        return launch_processes(args, extra)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if not main_process:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for all
     overrides = parse_overrides(extra)
     if args.config is None and args.resume_run is None:
         raise UsageError("train needs --config FILE (or --resume RUN_DIR)")
@@ -66,6 +87,8 @@ def command_train(args: argparse.Namespace, extra: list[str]) -> int:
 
     with logging_redirect_tqdm():
         summary = train(config, resume=resume, progress=not args.quiet)
+    if not main_process:
+        return 0
     print(
         f"done: {summary['step']} steps, val L1 {summary['val_l1']:.4f}; "
         f"run directory {summary['run_dir']}"
@@ -79,12 +102,7 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
     from model.errors import InputError
     from model.translate import Translator
 
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    translator = Translator.load(args.model, device)
+    translator = Translator.load(args.model, runtime=args.runtime, device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     inputs = []
@@ -142,6 +160,37 @@ def command_data_combine(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from model.export import export_model
+
+    out = Path(args.out) if args.out else Path("models") / Path(args.source).name
+    result = export_model(
+        args.source, out, args.format, half=args.half, inference_mode=args.inference_mode
+    )
+    parity = ", ".join(f"{size}: {value:.1e}" for size, value in result.parity.items())
+    print(
+        f"exported {args.format} to {result.folder} ({result.bytes / 1e6:.1f} MB); "
+        f"max abs difference vs PyTorch: {parity or 'not checked (train-mode inference)'}"
+    )
+    return 0
+
+
+def command_import_reference(args: argparse.Namespace, extra: list[str]) -> int:
+    from model.reference import import_reference
+
+    spec = import_reference(
+        args.file,
+        args.out,
+        net=args.netG,
+        norm=args.norm,
+        in_channels=args.input_nc,
+        out_channels=args.output_nc,
+        direction=args.direction,
+    )
+    print(f"imported {args.file} as {spec.task} into {args.out}")
+    return 0
+
+
 def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
     import os
 
@@ -163,6 +212,105 @@ def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
         port=args.port,
         log_level="info",
         timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    return 0
+
+
+def resolve_device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluation_options(args: argparse.Namespace) -> dict:
+    return {
+        "segmenter": args.segmenter,
+        "inception": args.inception,
+        "max_images": args.max_images,
+        "samples": args.samples,
+        "batch_size": args.batch_size,
+        "device": resolve_device(args.device),
+        "progress": not args.quiet,
+    }
+
+
+def print_evaluations(evaluations: list, page: Path) -> None:
+    from training.report import format_table
+
+    print(format_table(evaluations))
+    for note in sorted({note for evaluation in evaluations for note in evaluation.notes}):
+        print(f"note: {note}")
+    for evaluation in evaluations:
+        per_100 = 100.0 * evaluation.seconds / max(evaluation.count, 1)
+        print(
+            f"{evaluation.name}: {evaluation.count} images in {evaluation.seconds:.1f}s "
+            f"({per_100:.1f}s per 100)"
+        )
+    print(f"report: {page}")
+
+
+def command_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from training.evaluate import evaluate_model
+    from training.report import write_report
+
+    evaluation = evaluate_model(args.model, args.data, args.split, **evaluation_options(args))
+    print_evaluations([evaluation], write_report([evaluation], args.out))
+    return 0
+
+
+def command_compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from training.evaluate import evaluate_models
+    from training.report import write_report
+
+    if len(args.models) < 2:
+        raise UsageError("compare needs at least two models")
+    names = args.names.split(",") if args.names else None
+    if names is not None and len(names) != len(args.models):
+        raise UsageError(f"--names gives {len(names)} names for {len(args.models)} models")
+    evaluations = evaluate_models(
+        args.models, args.data, args.split, names=names, **evaluation_options(args)
+    )
+    print_evaluations(evaluations, write_report(evaluations, args.out, title=args.title))
+    return 0
+
+
+def command_segmenter_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from training.segmenter import (
+        DEFAULT_FOLDER,
+        first_image_size,
+        segmentation_data_config,
+        train_segmenter,
+    )
+
+    options = {
+        "layout": args.layout,
+        "direction": args.direction,
+        "palette": args.palette,
+        "tolerance": args.tolerance,
+    }
+    multiple = 2**args.num_downs
+    size = args.size or first_image_size(segmentation_data_config(args.data, multiple, **options))
+    size = max(size // multiple * multiple, multiple)
+    data = segmentation_data_config(args.data, size, **options)
+    out = args.out or Path(args.data) / DEFAULT_FOLDER
+    summary = train_segmenter(
+        data,
+        out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        base_width=args.width,
+        num_downs=args.num_downs,
+        lr=args.lr,
+        seed=args.seed,
+        device=resolve_device(args.device),
+        progress=not args.quiet,
+    )
+    print(
+        f"segmenter ({size} px) saved to {summary['out']} after {summary['seconds']:.0f}s: "
+        f"val pixel accuracy {summary['val_pixel_accuracy']:.3f}, "
+        f"mean IoU {summary['val_mean_iou']:.3f}"
     )
     return 0
 
@@ -192,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume-run", type=Path, metavar="RUN_DIR", help="continue RUN_DIR with its saved config"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this machine (runs itself under torchrun)",
+    )
     train.set_defaults(handler=command_train, allows_extra=True)
 
     translate = verbs.add_parser("translate", help="apply a generator to images")
@@ -207,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     translate.add_argument("--tolerance", type=int, default=0, help="label-color tolerance")
     translate.add_argument("--device", default="auto")
+    translate.add_argument(
+        "--runtime", default="auto", help="auto, torch, torch-bf16, torch-fp16, onnx, torchscript"
+    )
     translate.set_defaults(handler=command_translate)
 
     data = verbs.add_parser("data", help="dataset tools").add_subparsers(
@@ -238,6 +396,34 @@ def build_parser() -> argparse.ArgumentParser:
     combine.add_argument("--quiet", action="store_true")
     combine.set_defaults(handler=command_data_combine)
 
+    export = verbs.add_parser("export", help="export a generator to a model folder")
+    export.add_argument("source", help="run directory, checkpoint or model folder")
+    export.add_argument(
+        "--format", default="safetensors", choices=("safetensors", "onnx", "torchscript")
+    )
+    export.add_argument("--out", help="model folder to write (default models/<run name>)")
+    export.add_argument("--half", action="store_true", help="fp16 weights (safetensors only)")
+    export.add_argument(
+        "--inference-mode",
+        choices=("eval", "train"),
+        help="override the spec: eval (running stats, no dropout) or train (the paper's "
+        "test-time dropout and batch statistics)",
+    )
+    export.set_defaults(handler=command_export)
+
+    reference = verbs.add_parser(
+        "import-reference",
+        help="convert a latest_net_G.pth of junyanz/pytorch-CycleGAN-and-pix2pix",
+    )
+    reference.add_argument("file")
+    reference.add_argument("--netG", default="unet_256", choices=("unet_256", "unet_128"))
+    reference.add_argument("--norm", default="batch", choices=("batch", "instance", "none"))
+    reference.add_argument("--input-nc", type=int, default=3)
+    reference.add_argument("--output-nc", type=int, default=3)
+    reference.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
+    reference.add_argument("--out", required=True, help="model folder to write")
+    reference.set_defaults(handler=command_import_reference)
+
     serve = verbs.add_parser("serve", help="serve generators over HTTP")
     serve.add_argument("--models", default=None, help="models folder (PIX2PIX_MODELS_DIR)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -246,6 +432,73 @@ def build_parser() -> argparse.ArgumentParser:
         "--graceful-timeout", type=int, default=30, help="seconds to finish requests on SIGTERM"
     )
     serve.set_defaults(handler=command_serve)
+
+    def add_evaluation_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--data", required=True, help="dataset root (train/val/test)")
+        command.add_argument("--split", default="test", choices=("train", "val", "test"))
+        command.add_argument("--out", default="report", help="report folder (default: report)")
+        command.add_argument(
+            "--segmenter",
+            default=None,
+            help="segmenter folder for the FCN-score (default: DATA/segmenter when present)",
+        )
+        command.add_argument(
+            "--inception",
+            default=None,
+            metavar="WEIGHTS",
+            help="torchvision Inception-v3 weights file; enables FID and KID",
+        )
+        command.add_argument("--max-images", type=int, default=0, help="0 = the whole split")
+        command.add_argument("--samples", type=int, default=8, help="rows in the sample grid")
+        command.add_argument("--batch-size", type=int, default=8)
+        command.add_argument("--device", default="auto")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="score a generator on a dataset split and write an HTML report",
+        description="Writes OUT/metrics.json, OUT/index.html and figures; prints the table.",
+    )
+    evaluate.add_argument("model", help="run directory, checkpoint or model folder")
+    add_evaluation_options(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
+
+    compare = verbs.add_parser(
+        "compare", help="evaluate several generators on the same split, side by side"
+    )
+    compare.add_argument("models", nargs="+", help="run directories, checkpoints or model folders")
+    compare.add_argument("--names", default=None, help="comma-separated column names")
+    compare.add_argument("--title", default=None, help="report title")
+    add_evaluation_options(compare)
+    compare.set_defaults(handler=command_compare)
+
+    segmenter = verbs.add_parser(
+        "segmenter", help="the segmentation network behind the FCN-score"
+    ).add_subparsers(dest="segmenter_verb", required=True, metavar="TOOL")
+    segmenter_train = segmenter.add_parser(
+        "train",
+        help="train a segmenter on a label-map dataset's real photos",
+        description="Trains photo -> label map on DATA's train split and saves it to "
+        "DATA/segmenter (or --out), where evaluate finds it.",
+    )
+    segmenter_train.add_argument("--data", required=True, help="label-map dataset root")
+    segmenter_train.add_argument("--out", type=Path, default=None)
+    segmenter_train.add_argument("--layout", default="folders", choices=("folders", "aligned"))
+    segmenter_train.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
+    segmenter_train.add_argument("--palette", default="palette.json")
+    segmenter_train.add_argument("--tolerance", type=int, default=0, help="label-color tolerance")
+    segmenter_train.add_argument(
+        "--size", type=int, default=0, help="training size (default: the photos' height)"
+    )
+    segmenter_train.add_argument("--steps", type=int, default=1500)
+    segmenter_train.add_argument("--batch-size", type=int, default=8)
+    segmenter_train.add_argument("--width", type=int, default=16, help="U-Net base width")
+    segmenter_train.add_argument("--num-downs", type=int, default=5)
+    segmenter_train.add_argument("--lr", type=float, default=2e-3)
+    segmenter_train.add_argument("--seed", type=int, default=0)
+    segmenter_train.add_argument("--device", default="auto")
+    segmenter_train.add_argument("--quiet", action="store_true")
+    segmenter_train.set_defaults(handler=command_segmenter_train)
     return parser
 
 

@@ -1,0 +1,156 @@
+"""Export a trained generator to a model folder: safetensors, ONNX or TorchScript, with its spec.
+
+Every export is checked against eager PyTorch on random inputs of two sizes before it is
+reported done, and the spec written beside it says how inputs are normalized and padded and
+whether dropout/normalization run in train or eval mode at inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import load_generator, save_model_folder
+from model.errors import CheckpointError
+from model.folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
+from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime
+from model.spec import SPEC_FILENAME, GeneratorSpec
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("safetensors", "onnx", "torchscript")
+ONNX_OPSET = 17
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    format: str
+    parity: dict[str, float]  # "HxW" -> max abs difference against eager fp32
+    bytes: int
+
+
+def _parity_sizes(spec: GeneratorSpec) -> list[tuple[int, int]]:
+    """Two different, non-square sizes that are valid network inputs."""
+    multiple = spec.pad_multiple
+    return [(multiple, 2 * multiple), (2 * multiple, multiple)]
+
+
+def check_parity(reference, exported, spec: GeneratorSpec, seed: int = 0) -> dict[str, float]:
+    """Max abs difference between two runtimes on random inputs of two sizes."""
+    rng = np.random.default_rng(seed)
+    differences = {}
+    for height, width in _parity_sizes(spec):
+        batch = rng.uniform(-1, 1, (2, spec.in_channels, height, width)).astype(np.float32)
+        if spec.input_kind == "label_map" and spec.one_hot:
+            classes = rng.integers(0, spec.in_channels, (2, height, width))
+            batch = np.eye(spec.in_channels, dtype=np.float32)[classes].transpose(0, 3, 1, 2)
+        difference = np.abs(reference(batch) - exported(batch)).max()
+        differences[f"{height}x{width}"] = float(difference)
+    return differences
+
+
+def export_model(
+    source: str | Path,
+    out: str | Path,
+    format: str = "safetensors",
+    half: bool = False,
+    inference_mode: str | None = None,
+    tolerance: float = 1e-4,
+) -> ExportResult:
+    """Write ``out`` (spec.json + weights) from a run directory, checkpoint or model folder."""
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown export format {format!r} (choose {', '.join(FORMATS)})")
+    generator, spec = load_generator(source, "cpu")
+    if inference_mode is not None:
+        spec = dataclasses.replace(spec, inference_mode=inference_mode)
+        generator.train(inference_mode == "train")
+    out = Path(out)
+    if format == "onnx" and spec.inference_mode == "train":
+        raise CheckpointError(
+            "ONNX export carries eval-mode inference only (no test-time dropout or batch "
+            "statistics); export with --inference-mode eval, or use safetensors/torchscript"
+        )
+    deterministic = spec.inference_mode == "eval"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        spec = dataclasses.replace(
+            spec, extra={**spec.extra, "export": {"format": format, "half": half}}
+        )
+        reference = TorchRuntime(_copy(generator), "cpu", channels_last=False)
+        if format == "safetensors":
+            save_model_folder(staging, generator, spec, torch.float16 if half else None)
+            from model.runtime import load_model
+
+            exported = load_model(staging, runtime="torch", device="cpu").runtime
+        elif format == "onnx":
+            _export_onnx(generator, spec, staging / GENERATOR_ONNX)
+            spec.save(staging / SPEC_FILENAME)
+            exported = OnnxRuntime(staging / GENERATOR_ONNX)
+        else:
+            _export_torchscript(generator, spec, staging / GENERATOR_TORCHSCRIPT)
+            spec.save(staging / SPEC_FILENAME)
+            exported = TorchScriptRuntime(staging / GENERATOR_TORCHSCRIPT)
+        parity = check_parity(reference, exported, spec) if deterministic else {}
+        limit = 2e-2 if half else tolerance
+        worst = max(parity.values(), default=0.0)
+        if worst > limit:
+            raise CheckpointError(
+                f"exported {format} model differs from PyTorch by {worst:.2e} "
+                f"(limit {limit:.0e}); nothing was written"
+            )
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    logger.info("exported %s to %s (%d bytes); parity %s", format, out, size, parity)
+    return ExportResult(out, format, parity, size)
+
+
+def _copy(generator: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(generator)
+
+
+def _example(spec: GeneratorSpec) -> torch.Tensor:
+    size = spec.pad_multiple
+    return torch.zeros(1, spec.in_channels, size, size)
+
+
+def _export_onnx(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) -> None:
+    generator.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            generator,
+            (_example(spec),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={
+                "input": {0: "batch", 2: "height", 3: "width"},
+                "output": {0: "batch", 2: "height", 3: "width"},
+            },
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+
+
+def _export_torchscript(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(generator, _example(spec), check_trace=False)
+        torch.jit.save(traced, str(path))
