@@ -94,6 +94,8 @@ def export_model(
             exported = load_model(staging, runtime="torch", device="cpu").runtime
         elif format == "onnx":
             _export_onnx(generator, spec, staging / GENERATOR_ONNX)
+            if half:
+                store_initializers_as_fp16(staging / GENERATOR_ONNX)
             spec.save(staging / SPEC_FILENAME)
             exported = OnnxRuntime(staging / GENERATOR_ONNX)
         else:
@@ -147,6 +149,32 @@ def _export_onnx(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) ->
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+
+
+def store_initializers_as_fp16(path: Path) -> None:
+    """Halve an ONNX file: float weights stored as fp16, each cast back to fp32 at load.
+
+    ONNX Runtime folds the casts when it builds the session, so inference still runs in
+    fp32 at full speed; only the weights carry fp16 rounding.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    for initializer in graph.initializer:
+        if initializer.data_type != TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(initializer).astype(np.float16)
+        name = initializer.name
+        initializer.CopyFrom(numpy_helper.from_array(values, f"{name}__fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT))
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _export_torchscript(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) -> None:

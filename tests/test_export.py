@@ -71,6 +71,10 @@ def test_reduced_precision_stays_faithful(trained_like):
     half = export_model(trained_like, trained_like.parent / "half", "safetensors", half=True)
     halved = load_model(half.folder, runtime="torch").runtime(batch)
     assert psnr(reference, halved) >= 40.0
+    small = export_model(trained_like, trained_like.parent / "onnx-half", "onnx", half=True)
+    full = export_model(trained_like, trained_like.parent / "onnx-full", "onnx")
+    assert small.bytes < 0.6 * full.bytes
+    assert psnr(reference, load_model(small.folder, runtime="onnx").runtime(batch)) >= 40.0
 
 
 def test_auto_runtime_times_candidates_and_keeps_a_full_precision_one(trained_like, tmp_path):
