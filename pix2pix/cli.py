@@ -1,4 +1,4 @@
-"""The ``pix2pix`` command line: train, translate, data tools, export and serve.
+"""The ``pix2pix`` command line: train, translate, evaluate, data tools, export and serve.
 
 Heavy imports happen inside each verb, so ``pix2pix --help`` is instant and training never
 pays for web imports.
@@ -402,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="safetensors", choices=("safetensors", "onnx", "torchscript")
     )
     export.add_argument("--out", help="model folder to write (default models/<run name>)")
-    export.add_argument("--half", action="store_true", help="fp16 weights (safetensors only)")
+    export.add_argument(
+        "--half",
+        action="store_true",
+        help="store weights as fp16 (half the size; ONNX computes in fp32)",
+    )
     export.add_argument(
         "--inference-mode",
         choices=("eval", "train"),
