@@ -362,3 +362,44 @@ def test_large_images_are_tiled_and_match_the_untiled_result(live_server, tiny_m
     difference = np.abs(served - np.asarray(untiled).astype(int))
     assert served.shape == (700, 900, 3)
     assert difference.mean() < 1.0 and difference.max() <= 8
+
+
+def test_cors_origins_are_configurable(tiny_models):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(models_dir=str(tiny_models), cors_origins=["https://example.org"])
+    with TestClient(create_app(settings)) as client:
+        allowed = client.options(
+            "/v1/models/photo/translate",
+            headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"},
+        )
+        assert allowed.headers["access-control-allow-origin"] == "https://example.org"
+        other = client.get("/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_one_structured_log_line_per_request(tiny_models, caplog):
+    import json
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    with TestClient(create_app(Settings(models_dir=str(tiny_models)))) as client:
+        caplog.set_level(logging.INFO, logger="app.access")
+        response = client.post(
+            "/v1/models/photo/translate",
+            files={"image": ("a.png", photo(30, 40), "image/png")},
+            headers={"X-Request-ID": "abc123"},
+        )
+    assert response.headers["x-request-id"] == "abc123"
+    records = [json.loads(r.message) for r in caplog.records if r.name == "app.access"]
+    (record,) = [r for r in records if r["path"].endswith("/translate")]
+    assert record["request_id"] == "abc123" and record["model"] == "photo"
+    assert record["input_size"] == "40x30" and record["batch_size"] == 1
+    assert record["status"] == 200 and record["latency_ms"] > 0
