@@ -217,11 +217,9 @@ def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def resolve_device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    from model.runtime import resolve_device as resolve
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve(name)
 
 
 def evaluation_options(args: argparse.Namespace) -> dict:

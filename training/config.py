@@ -107,6 +107,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
+    # Distributed runs only (torchrun): batch norm statistics over all processes (CUDA only).
+    sync_batchnorm: bool = False
     deterministic: bool = False
     log_every: int = 50
     sample_every: int = 500

@@ -1,0 +1,191 @@
+"""Data-parallel training: two gloo processes on the CPU train exactly like one process."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.checkpoint import latest_checkpoint
+from tests.conftest import tiny_config, write_label_dataset
+from training.trainer import EpochSampler, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = {"data.input_kind": "label_map"}
+# Instance norm and no dropout: every sample's gradient is independent of the others in its
+# batch, so splitting a batch across processes changes nothing but the summation order.
+EXACT = {
+    **LABELS,
+    "generator.norm": "instance",
+    "discriminator.norm": "instance",
+    "generator.dropout": "false",
+}
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, tomllib
+    from safetensors.torch import save_file
+    from training.config import config_from_dict
+    from training.distributed import teardown
+    from training.trainer import Trainer
+
+    def load(path):
+        return config_from_dict(tomllib.loads(open(path).read()))
+
+    exact, straight, split = (load(path) for path in sys.argv[1:4])
+    trainer = Trainer(exact, progress=False)
+    trainer.train()
+    tensors = {f"G.{k}": v for k, v in trainer.generator.state_dict().items()}
+    tensors |= {f"D.{k}": v for k, v in trainer.discriminator.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()},
+              f"{sys.argv[4]}/rank{os.environ['RANK']}.safetensors")
+    Trainer(straight, progress=False).train()
+    Trainer(split, progress=False).train()
+    split.train.max_steps = straight.train.max_steps
+    Trainer(split, resume=True, progress=False).train()
+    teardown()
+    """
+)
+
+
+def run_processes(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a launcher in its own session, so a hang takes every worker down with it."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{command[:6]} did not finish in {timeout} s:\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+
+def inert_biases(trainer: Trainer) -> set[str]:
+    """Conv biases that feed an affine-free instance norm: it subtracts them again, so their
+    true gradient is zero and Adam turns the rounding noise in it into full-size steps."""
+    names = set()
+    for prefix, network in (("", trainer.generator), ("D.", trainer.discriminator)):
+        modules = list(network.named_modules())
+        for (name, module), (_, following) in itertools.pairwise(modules):
+            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d) and isinstance(
+                following, torch.nn.InstanceNorm2d
+            ):
+                names.add(f"{prefix}{name}.bias")
+    return names
+
+
+def checkpoint_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    folder = latest_checkpoint(run_dir / "checkpoints")
+    return load_file(str(folder / "generator.safetensors")) | {
+        f"D.{k}": v for k, v in load_file(str(folder / "discriminator.safetensors")).items()
+    }
+
+
+def test_ranks_shard_each_epoch_without_overlap_and_resume_mid_epoch():
+    # 11 pairs, batch 2 per rank on 2 ranks: 2 steps (8 pairs) per epoch, 3 dropped.
+    shards = [EpochSampler(11, 3, per_epoch=4, rank=rank, world_size=2) for rank in (0, 1)]
+    first, second = (list(itertools.islice(sampler, 8)) for sampler in shards)
+    assert [epoch for epoch, _ in first] == [0] * 4 + [1] * 4
+    for epoch in (0, 1):
+        mine = [i for e, i in first if e == epoch]
+        theirs = [i for e, i in second if e == epoch]
+        assert len(set(mine + theirs)) == 8
+    assert shards[0].epoch_order(0) != shards[0].epoch_order(1)  # reshuffled per epoch
+    # Step s of rank r holds global positions s*B*N + j*N + r: one process's batch s at B*N.
+    single = EpochSampler(11, 3, per_epoch=8)
+    assert sorted(first[4:6] + second[4:6]) == sorted(itertools.islice(single, 8, 12))
+    resumed = EpochSampler(11, 3, per_epoch=4, rank=1, world_size=2)
+    resumed.set_position(1, 2)
+    assert list(itertools.islice(resumed, 2)) == second[6:]
+
+
+def test_two_gloo_processes_train_like_one_and_resume_exactly(tmp_path):
+    data = write_label_dataset(tmp_path / "data", counts=(12, 2, 2))
+    # 12 pairs at a global batch of 4: 3 steps per epoch, so 4 steps cross an epoch boundary
+    # (and a reshuffle).
+    steps = {"train.max_steps": "4", "train.save_every": "4"}
+    single = tiny_config(
+        data, tmp_path, name="single", **EXACT, **steps, **{"train.batch_size": "4"}
+    )
+    reference = Trainer(single, progress=False)
+    reference.train()
+
+    # The same runs on two processes at batch 2 each. Batch norm and dropout on for the resume
+    # check: a resumed run must restore every rank's own dropout stream.
+    exact = tiny_config(data, tmp_path, name="exact", **EXACT, **steps)
+    noisy = {**LABELS, "train.save_every": "2", "train.max_steps": "6"}
+    straight = tiny_config(data, tmp_path, name="straight", **noisy)
+    split = tiny_config(data, tmp_path, name="split", **noisy | {"train.max_steps": "4"})
+    paths = []
+    for config in (exact, straight, split):
+        paths.append(tmp_path / f"{config.name}.toml")
+        paths[-1].write_text(config.to_toml())
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    run_processes([*torchrun(), str(worker), *map(str, paths), str(tmp_path)])
+
+    rank0 = load_file(str(tmp_path / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+
+    expected = checkpoint_weights(single.run_dir)
+    actual = checkpoint_weights(exact.run_dir)
+    assert expected.keys() == actual.keys()
+    inert = inert_biases(reference)
+    assert inert and inert < expected.keys()
+    for name in expected.keys() - inert:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    # And the two generators compute the same function.
+    batch = torch.stack([reference.val_set[i]["A"] for i in range(2)])
+    with torch.no_grad():
+        reference.generator.eval()
+        out_single = reference.generator(batch)
+        reference.generator.load_state_dict(
+            {k: v for k, v in actual.items() if not k.startswith("D.")}
+        )
+        out_parallel = reference.generator(batch)
+    torch.testing.assert_close(out_parallel, out_single, rtol=1e-4, atol=1e-4)
+
+    resumed, uninterrupted = checkpoint_weights(split.run_dir), checkpoint_weights(straight.run_dir)
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6)
+
+
+def test_nproc_runs_itself_under_torchrun_and_only_rank_0_writes(tmp_path):
+    data = write_label_dataset(tmp_path / "data", counts=(8, 2, 2))
+    config = tiny_config(data, tmp_path, name="run", **LABELS, **{"train.max_steps": "3"})
+    config_path = tmp_path / "run.toml"
+    config_path.write_text(config.to_toml())
+    cli = [sys.executable, "-m", "pix2pix.cli", "train", "--nproc", "2", "--quiet"]
+    output = run_processes([*cli, "--config", str(config_path)]).stdout
+    assert output.count("done: 3 steps") == 1, output
+    assert output.count("training run on cpu (fp32): 3 steps, 2 per epoch, batch 2 x 2") == 1
+
+    run = config.run_dir
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [3]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [3]
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"latest", "step_00000003"}
