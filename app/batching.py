@@ -126,6 +126,10 @@ class MicroBatcher:
                 self._waiting.append(job)
         return [job for job in batch if not job.future.cancelled()]
 
+    def _stack_and_run(self, inputs: list[np.ndarray]) -> np.ndarray:
+        # On the worker thread: stacking large inputs must not stall the event loop.
+        return self.run_batch(np.stack(inputs))
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -133,11 +137,12 @@ class MicroBatcher:
             self._report_depth()
             if not batch:
                 continue
-            stacked = np.stack([job.tensor for job in batch])
             self.in_flight = len(batch)
             start = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self.executor, self.run_batch, stacked)
+                outputs = await loop.run_in_executor(
+                    self.executor, self._stack_and_run, [job.tensor for job in batch]
+                )
             except Exception as error:  # a failed batch fails its requests, not the worker
                 logger.exception("batch of %d on %s failed", len(batch), self.name)
                 for job in batch:

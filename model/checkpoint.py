@@ -87,9 +87,16 @@ def publish_latest(checkpoints: Path, name: str) -> None:
 def write_checkpoint_folder(checkpoints: Path, name: str, writer) -> Path:
     """Build a checkpoint in a hidden temp folder with ``writer(folder)``, then rename it in.
 
-    A folder of the same name is replaced only after the new one is complete.
+    A folder of the same name is replaced only after the new one is complete. Temp folders and
+    files that a killed run left behind (never complete, never named by ``latest``) are removed
+    first, so repeated kills do not fill the disk.
     """
     checkpoints.mkdir(parents=True, exist_ok=True)
+    for leftover in checkpoints.glob(".*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=checkpoints))
     try:
         writer(temp)

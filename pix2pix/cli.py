@@ -212,6 +212,9 @@ def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
         port=args.port,
         log_level="info",
         timeout_graceful_shutdown=args.graceful_timeout,
+        # Longer than uvicorn's 5 s, so a client reusing a connection is not cut off while
+        # a busy CPU delays its next request.
+        timeout_keep_alive=args.keep_alive,
     )
     return 0
 
@@ -433,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--graceful-timeout", type=int, default=30, help="seconds to finish requests on SIGTERM"
     )
+    serve.add_argument("--keep-alive", type=int, default=75, help="idle keep-alive seconds")
     serve.set_defaults(handler=command_serve)
 
     def add_evaluation_options(command: argparse.ArgumentParser) -> None:

@@ -286,16 +286,26 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool) -> None:
         checkpoints = self.run_dir / CHECKPOINTS_DIR
+        has_checkpoint = (checkpoints / "latest").is_file()
         if resume:
-            if not (checkpoints / "latest").is_file():
-                raise TrainingError(f"{self.run_dir}: nothing to resume (no checkpoints/latest)")
+            if not has_checkpoint:
+                raise TrainingError(
+                    f"{self.run_dir}: nothing to resume (no checkpoints/latest); start it "
+                    "again without --resume"
+                )
             self.load_checkpoint(latest_checkpoint(checkpoints))
             return
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+        if has_checkpoint:
             raise TrainingError(
                 f"{self.run_dir} already exists: pass --resume to continue it, or choose "
                 "another --name"
             )
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            # A run stopped before its first checkpoint holds nothing worth keeping.
+            logger.warning("%s has no checkpoint yet; starting it afresh", self.run_dir)
+            if self.dist.is_main:
+                (self.run_dir / METRICS_FILENAME).unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / "samples", ignore_errors=True)
         # Every rank has checked before rank 0 creates the directory.
         self.dist.barrier()
         if not self.dist.is_main:

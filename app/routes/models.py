@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import asyncio
+from enum import StrEnum
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
@@ -154,7 +153,7 @@ async def translate(
     size = tuple(tensor.shape[-2:])
     batch = tensor[None]
     if resize is ResizeMode.fit:
-        batch = fit_to_training_size(batch, spec)
+        batch = await run_in_threadpool(fit_to_training_size, batch, spec)
     try:
         output, batch_size, inference_ms = await _run(served, batch, settings)
     except QueueFull as error:
@@ -164,7 +163,7 @@ async def translate(
             f"{error}; retry shortly",
             headers={"Retry-After": str(settings.retry_after_s)},
         ) from None
-    output = restore_size(output, size)
+    output = await run_in_threadpool(restore_size, output, size)
     request.state.batch_size = batch_size
     request.state.inference_ms = round(inference_ms, 2)
     result = await run_in_threadpool(_to_bytes, output[0], spec, array, format.value)
@@ -183,22 +182,35 @@ async def _run(
     spec = served.spec
     assert spec is not None and served.batcher is not None
     height, width = batch.shape[-2:]
+    # Padding, cropping and blending are CPU work: they run on the thread pool, never on
+    # the event loop, so one large image cannot stall every other connection.
     if max(height, width) <= settings.tile_size:
-        padded, _ = pad_to_multiple(batch, spec.pad_multiple)
+        padded, _ = await run_in_threadpool(pad_to_multiple, batch, spec.pad_multiple)
         result = await served.batcher.submit(padded[0])
         return result.output[None, :, :height, :width], result.batch_size, result.inference_ms
-    plan = plan_tiles(batch, settings.tile_size, settings.tile_overlap, spec.pad_multiple)
+    plan = await run_in_threadpool(
+        plan_tiles, batch, settings.tile_size, settings.tile_overlap, spec.pad_multiple
+    )
     total_ms, largest = 0.0, 0
     # A bounded number of tiles in flight keeps one huge image from filling the queue.
     step = max(1, settings.max_batch)
     for start in range(0, len(plan.boxes), step):
         indices = range(start, min(start + step, len(plan.boxes)))
-        results = await asyncio.gather(*(served.batcher.submit(plan.crop(i)) for i in indices))
-        for index, result in zip(indices, results, strict=True):
-            plan.add(index, result.output)
-            largest = max(largest, result.batch_size)
+        crops = await run_in_threadpool(_crops, plan, indices)
+        results = await asyncio.gather(*(served.batcher.submit(crop) for crop in crops))
+        await run_in_threadpool(_blend, plan, indices, results)
+        largest = max(largest, *(r.batch_size for r in results))
         total_ms += max(r.inference_ms for r in results)
-    return plan.result(), largest, total_ms
+    return await run_in_threadpool(plan.result), largest, total_ms
+
+
+def _crops(plan, indices) -> list[np.ndarray]:
+    return [plan.crop(i).copy() for i in indices]
+
+
+def _blend(plan, indices, results) -> None:
+    for index, result in zip(indices, results, strict=True):
+        plan.add(index, result.output)
 
 
 def _to_bytes(output: np.ndarray, spec, array: np.ndarray, format_name: str):

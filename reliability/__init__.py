@@ -1,0 +1,1 @@
+"""Helpers for the long reliability checks (kill/resume soak, load and fuzz runs)."""
