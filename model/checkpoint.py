@@ -28,7 +28,7 @@ from model.folders import (
     resolve_model_folder,
 )
 from model.networks import build_generator
-from model.spec import SPEC_FILENAME, GeneratorSpec, write_text_atomic
+from model.spec import SPEC_FILENAME, GeneratorSpec, make_readable, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata=N
         save_file(contiguous, temp_name, metadata=metadata)
         with open(temp_name, "rb") as handle:
             os.fsync(handle.fileno())
+        make_readable(Path(temp_name))
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -100,6 +101,7 @@ def write_checkpoint_folder(checkpoints: Path, name: str, writer) -> Path:
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=checkpoints))
     try:
         writer(temp)
+        make_readable(temp)
         final = checkpoints / name
         if final.exists():
             stale = final.with_name(f".{name}.old")

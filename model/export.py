@@ -22,7 +22,7 @@ from model.checkpoint import load_generator, save_model_folder
 from model.errors import CheckpointError
 from model.folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
 from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime
-from model.spec import SPEC_FILENAME, GeneratorSpec
+from model.spec import SPEC_FILENAME, GeneratorSpec, make_readable
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def export_model(
             )
         if out.exists():
             shutil.rmtree(out)
+        make_readable(staging)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

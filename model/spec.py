@@ -230,7 +230,19 @@ def write_text_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        make_readable(Path(temp_name))
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def make_readable(path: Path) -> None:
+    """Give a temp file or folder the permissions a normal one would get (umask applies).
+
+    mkstemp/mkdtemp create them private to the owner, which would keep, say, a non-root
+    service in a container from reading a model folder.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
