@@ -133,3 +133,30 @@ def test_settings_are_checked():
         MonitorSettings(patience=0)
     with pytest.raises(ValueError, match="min or max"):
         MonitorSettings(early_stop_mode="up")
+
+
+def test_trainer_stops_early_and_records_the_discriminator_state(tmp_path):
+    import json
+
+    from tests.conftest import tiny_config, write_label_dataset
+    from training.trainer import Trainer
+
+    root = write_label_dataset(tmp_path / "data")
+    config = tiny_config(
+        root,
+        tmp_path,
+        **{
+            "data.input_kind": "label_map",
+            "train.max_steps": "400",
+            "train.sample_every": "5",
+            "train.lr": "1e-7",  # val L1 cannot improve: the run must stop itself
+            "train.early_stop_patience": "2",
+            "train.early_stop_min_delta": "0.01",
+        },
+    )
+    summary = Trainer(config, progress=False).train()
+    assert summary["step"] < 400
+    records = [
+        json.loads(line) for line in (config.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert any("D_state" in r for r in records if r["kind"] == "train")

@@ -115,6 +115,8 @@ class TrainConfig:
     save_every: int = 1000  # steps between refreshes of checkpoints/latest
     save_epochs: int = 5  # keep a checkpoint every N epochs (0 = only latest)
     val_images: int = 8  # images in the fixed validation batch for samples and val L1
+    early_stop_patience: int = 0  # validations without val_l1 improving before a stop (0 = off)
+    early_stop_min_delta: float = 0.0  # smaller val_l1 improvements do not count
 
     def validate(self) -> None:
         _choice("train.gan_mode", self.gan_mode, ("vanilla", "lsgan", "hinge"))
@@ -130,6 +132,9 @@ class TrainConfig:
         _positive("train.sample_every", self.sample_every)
         _positive("train.save_every", self.save_every)
         _positive("train.val_images", self.val_images)
+        _positive("train.early_stop_patience", self.early_stop_patience, allow_zero=True)
+        if self.early_stop_min_delta < 0:
+            raise ConfigError("train.early_stop_min_delta must be >= 0")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.lambda_l1 < 0 or self.lambda_gan < 0:

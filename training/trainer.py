@@ -45,6 +45,7 @@ from training.config import Config, ConfigError, config_from_dict
 from training.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
 from training.losses import GANLoss, HistoryPool
+from training.monitor import MonitorSettings, TrainingMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,13 @@ class Trainer:
         )
         self.gan_loss = GANLoss(train.gan_mode)
         self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
+        self.monitor = TrainingMonitor(
+            MonitorSettings(
+                early_stop_patience=train.early_stop_patience,
+                early_stop_min_delta=train.early_stop_min_delta,
+            ),
+            adversarial=train.lambda_gan > 0,
+        )
         self.step = 0
 
         # The *_step modules run the iteration: DDP-wrapped when distributed, compiled when
@@ -414,6 +422,7 @@ class Trainer:
             world,
         )
         wait_start = time.perf_counter()
+        stop_early = False
         with open(metrics_path, "a", encoding="utf-8") as metrics_file:
             for epoch, batch in self.batches():
                 interval_wait += time.perf_counter() - wait_start
@@ -447,6 +456,7 @@ class Trainer:
                     images = interval_steps * train.batch_size * world
                     record["images_per_s"] = round(images / elapsed, 3)
                     record["data_wait"] = round(interval_wait / elapsed, 4)
+                    record.update(self.monitor.observe_train(record))
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
                     last_logged = record
@@ -462,6 +472,8 @@ class Trainer:
                     val = self.validate(save_grid=True)
                     metrics_file.write(json.dumps({"kind": "val", "step": self.step, **val}) + "\n")
                     metrics_file.flush()
+                    stop = self.monitor.observe_validation({"step": self.step, **val})
+                    stop_early = self.dist.any(torch.tensor(stop, device=self.device))
                 if at_epoch_end:
                     epoch_means = self.dist.sum(epoch_sums) / (epoch_steps * world)
                     means = dict(zip(STAT_NAMES, epoch_means.tolist(), strict=True))
@@ -485,13 +497,24 @@ class Trainer:
                     )
                     if at_save or keep:
                         self.save_checkpoint(keep_as_epoch=keep)
+                if stop_early:
+                    if not at_save:
+                        self.save_checkpoint()
+                    logger.info("stopped early at step %d: val L1 stopped improving", self.step)
+                    break
                 if at_log:
                     # Validation and checkpoints count against neither images/s nor data wait.
                     interval_start = time.perf_counter()
                 wait_start = time.perf_counter()
         bar.close()
         final_val = self.validate(save_grid=False)
-        return {"step": self.step, "run_dir": str(self.run_dir), **final_val, "last": last_logged}
+        return {
+            "step": self.step,
+            "run_dir": str(self.run_dir),
+            **final_val,
+            "last": last_logged,
+            "warnings": self.monitor.warnings,
+        }
 
     # -- validation and samples ------------------------------------------------------------
 
@@ -589,6 +612,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng,
             "pool_rng": self.pool.random.get_state() if self.pool.random is not None else None,
+            "monitor": self.monitor.state_dict(),
         }
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -628,6 +652,8 @@ class Trainer:
         if state.get("pool_rng") is not None and self.pool.random is not None:
             self.pool.random.set_state(state["pool_rng"])
         self.step = int(state["step"])
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
         logger.info("resumed %s at step %d from %s", self.config.name, self.step, folder)
 
 
