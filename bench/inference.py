@@ -24,11 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.checkpoint import save_model_folder  # noqa: E402
-from model.export import export_model  # noqa: E402
-from model.networks import UNetGenerator, build_generator, init_weights  # noqa: E402
-from model.runtime import OnnxRuntime, TorchRuntime, load_model  # noqa: E402
-from model.spec import GeneratorArchitecture, GeneratorSpec  # noqa: E402
+from model.checkpoint import save_model_folder
+from model.export import export_model
+from model.networks import UNetGenerator, build_generator, init_weights
+from model.runtime import OnnxRuntime, TorchRuntime, load_model
+from model.spec import GeneratorArchitecture, GeneratorSpec
 
 
 def paper_model(folder: Path) -> Path:
@@ -60,11 +60,7 @@ def build_runtimes(folder: Path, names: list[str], workdir: Path) -> dict:
             generator = load_model(folder, runtime="torch", device="cpu").runtime.generator
             runtimes[name] = TorchRuntime(generator, "cpu", precision="bf16")
         elif name == "torch-compile-bf16":
-            import torch._inductor.config as inductor
-
-            inductor.freezing = True  # fold weights into oneDNN-prepacked constants
-            generator = load_model(folder, runtime="torch", device="cpu").runtime.generator
-            runtimes[name] = TorchRuntime(generator, "cpu", precision="bf16", compile=True)
+            runtimes[name] = load_model(folder, runtime=name, device="cpu").runtime
         elif name == "onnx":
             exported = export_model(folder, workdir / "onnx", "onnx")
             runtimes[name] = OnnxRuntime(exported.folder / "generator.onnx")
