@@ -212,11 +212,26 @@ def find_models(requested: str | None, scratch: Path) -> tuple[Path, str]:
     return tiny, f"tiny untrained test models ({folder} holds no model)"
 
 
-def run_server(models: Path, env: dict, log: Path, seed: int, phases) -> tuple[dict, list[Phase]]:
+def average_batch(url: str) -> float:
+    """Inputs per inference batch so far, over all models, from /metrics."""
+    total = count = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("pix2pix_batch_size_sum"):
+            total += float(line.split()[-1])
+        elif line.startswith("pix2pix_batch_size_count"):
+            count += float(line.split()[-1])
+    return total / count if count else 0.0
+
+
+def run_server(
+    models: Path, env: dict, log: Path, seed: int, phases, only: list[str] | None = None
+) -> tuple[dict, list[Phase]]:
     server = LiveServer(models, env=env, log=log)
     try:
         listing = httpx.get(f"{server.url}/v1/models", timeout=30).json()["models"]
         ready = [m for m in listing if m["status"] == "ready"]
+        if only:
+            ready = [m for m in ready if m["name"] in only]
         if not ready:
             raise SystemExit(f"no model is ready in {models}: {listing}")
         bodies = build_bodies(ready, seed)
@@ -228,6 +243,7 @@ def run_server(models: Path, env: dict, log: Path, seed: int, phases) -> tuple[d
             rng = random.Random(f"{seed}-{phase_name}")
             asyncio.run(drive(server.url, phase, bodies, names, total, concurrency, deadline, rng))
             memory[phase_name], memory["peak"] = rss_mb(server.process.pid)
+            memory[f"{phase_name}_average_batch"] = average_batch(server.url)
             results.append(phase)
         memory["models"] = names
         alive = server.process.poll() is None
@@ -255,10 +271,15 @@ def main() -> int:
     parser.add_argument("--overload", type=int, default=600, help="requests in the overload run")
     parser.add_argument("--max-seconds", type=float, default=1200, help="time bound per phase")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", type=int, nargs="+", help="image sizes (default: 64-2048 mix)")
+    parser.add_argument("--model", nargs="+", help="only these models (default: all)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     args = parser.parse_args()
 
+    if args.sizes:  # a fixed set of sizes, equally likely, instead of the default mix
+        global SIZES, SIZE_WEIGHTS
+        SIZES, SIZE_WEIGHTS = tuple(args.sizes), (1,) * len(args.sizes)
     max_batch = 8
     queue_size = args.queue_size or args.concurrency * max_batch
     with tempfile.TemporaryDirectory(prefix="pix2pix-load-") as scratch:
@@ -282,6 +303,7 @@ def main() -> int:
                 ("warmup", args.warmup, args.concurrency, args.max_seconds),
                 ("measured", args.requests, args.concurrency, args.max_seconds),
             ],
+            only=args.model,
         )
         overload_env = {**env, "PIX2PIX_QUEUE_SIZE": "2", "PIX2PIX_MAX_BATCH": "1"}
         overload_memory, (overload,) = run_server(
@@ -334,6 +356,8 @@ def main() -> int:
         f"warm-up, {memory['measured']:.0f} MB after the run (growth {growth:+.1f} MB), "
         f"peak {memory['peak']:.0f} MB; queue bound {queue_size}; models {memory['models']}"
     )
+    print(f"average batch size: {memory['measured_average_batch']:.2f} inputs per inference")
+    figures["average_batch"] = round(memory["measured_average_batch"], 2)
     figures["rss_mb"] = {k: round(v, 1) for k, v in memory.items() if isinstance(v, float)}
     figures["rss_growth_after_warmup_mb"] = round(growth, 1)
 
