@@ -306,13 +306,16 @@ def main() -> int:
             only=args.model,
         )
         overload_env = {**env, "PIX2PIX_QUEUE_SIZE": "2", "PIX2PIX_MAX_BATCH": "1"}
-        overload_memory, (overload,) = run_server(
-            models,
-            overload_env,
-            (args.log_dir or scratch) / "overload.log",
-            args.seed + 1,
-            [("overload", args.overload, 64, args.max_seconds)],
-        )
+        overload, overload_memory = Phase("overload"), {"alive": True}
+        if args.overload:  # 0 skips the overload run
+            overload_memory, (overload,) = run_server(
+                models,
+                overload_env,
+                (args.log_dir or scratch) / "overload.log",
+                args.seed + 1,
+                [("overload", args.overload, 64, args.max_seconds)],
+                only=args.model,
+            )
 
     print(
         f"\n{'phase':<10} {'requests':>8} {'seconds':>8} {'req/s':>7} {'p50 ms':>8} "
