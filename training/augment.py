@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import albumentations as albu
-import cv2
+import os
 
-from training.config import DataConfig
+# albumentations otherwise asks the network for its latest version at every import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as albu  # noqa: E402
+import cv2  # noqa: E402
+
+from training.config import DataConfig  # noqa: E402
 
 
 def build_transform(config: DataConfig, train: bool, label_input: bool) -> albu.Compose:
