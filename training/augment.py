@@ -7,10 +7,10 @@ import os
 # albumentations otherwise asks the network for its latest version at every import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as albu  # noqa: E402
-import cv2  # noqa: E402
+import albumentations as albu
+import cv2
 
-from training.config import DataConfig  # noqa: E402
+from training.config import DataConfig
 
 
 def build_transform(config: DataConfig, train: bool, label_input: bool) -> albu.Compose:
