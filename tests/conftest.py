@@ -169,7 +169,7 @@ class LiveServer:
                 str(self.port),
                 "--log-level",
                 "info",
-            ],  # fmt: skip
+            ],
             env=environment,
             stdout=self.log,
             stderr=subprocess.STDOUT,
