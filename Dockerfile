@@ -117,7 +117,8 @@ ENV PIX2PIX_MODELS_DIR=/models \
     PIX2PIX_DEVICE=auto \
     UVICORN_HOST=0.0.0.0 \
     UVICORN_PORT=8000 \
-    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8
+    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8 \
+    UVICORN_TIMEOUT_KEEP_ALIVE=75
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('UVICORN_PORT', '8000'), timeout=4)"
@@ -163,7 +164,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIX2PIX_MODELS_DIR=/models \
     UVICORN_HOST=0.0.0.0 \
     UVICORN_PORT=8000 \
-    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8
+    UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8 \
+    UVICORN_TIMEOUT_KEEP_ALIVE=75
 WORKDIR /srv/pix2pix
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

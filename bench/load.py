@@ -293,6 +293,8 @@ def main() -> int:
             "PIX2PIX_MAX_BATCH": str(max_batch),
             # Tiles of 2048 px images, PNGs of 20 MB worst case.
             "PIX2PIX_MAX_UPLOAD_BYTES": str(32 * 1024 * 1024),
+            # As `pix2pix serve` and the Docker images do: outlast a busy CPU's stalls.
+            "UVICORN_TIMEOUT_KEEP_ALIVE": "75",
         }
         memory, (warmup, measured) = run_server(
             models,

@@ -53,7 +53,7 @@ class Translator:
 
     @classmethod
     def load(
-        cls, path: str | Path, runtime: str = "torch", device: str = "auto", **options
+        cls, path: str | Path, runtime: str = "auto", device: str = "auto", **options
     ) -> Translator:
         from model.runtime import load_model
 

@@ -279,7 +279,7 @@ def evaluate_model(
     progress: bool = False,
 ) -> Evaluation:
     """Score one generator on ``data_root``'s ``split``; see the module docstring."""
-    translator = Translator.load(model, runtime="torch", device=device)
+    translator = Translator.load(model, runtime="auto", device=device)
     spec = translator.spec
     config = data_config_for(spec, data_root, split)
     config.max_images = max_images
