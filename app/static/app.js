@@ -129,9 +129,12 @@
     ui.errorText.textContent = "";
   }
 
+  const systemDark = window.matchMedia("(prefers-color-scheme: dark)");
+
+  // "auto" follows the system setting; the stylesheet only knows data-theme="dark".
   function applyTheme(theme) {
-    if (theme === "light" || theme === "dark") document.documentElement.dataset.theme = theme;
-    else delete document.documentElement.dataset.theme;
+    const dark = theme === "dark" || (theme !== "light" && systemDark.matches);
+    document.documentElement.dataset.theme = dark ? "dark" : "light";
   }
 
   // -- the HTTP API --------------------------------------------------------------------------
@@ -930,6 +933,7 @@
       storage.set(STORAGE_KEYS.theme, ui.themeSelect.value === "auto" ? "" : ui.themeSelect.value);
       applyTheme(ui.themeSelect.value);
     });
+    systemDark.addEventListener("change", () => applyTheme(ui.themeSelect.value));
 
     const savedFormat = storage.get(STORAGE_KEYS.format);
     if (savedFormat in FORMAT_EXTENSIONS) ui.formatSelect.value = savedFormat;
