@@ -219,13 +219,9 @@ def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def resolve_device(name: str) -> str:
-    from model.runtime import resolve_device as resolve
-
-    return resolve(name)
-
-
 def evaluation_options(args: argparse.Namespace) -> dict:
+    from model.runtime import resolve_device
+
     return {
         "segmenter": args.segmenter,
         "inception": args.inception,
@@ -278,6 +274,7 @@ def command_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_segmenter_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from model.runtime import resolve_device
     from training.segmenter import (
         DEFAULT_FOLDER,
         first_image_size,
