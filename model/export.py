@@ -7,6 +7,7 @@ whether dropout/normalization run in train or eval mode at inference.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import shutil
@@ -21,7 +22,7 @@ import torch
 from model.checkpoint import load_generator, save_model_folder
 from model.errors import CheckpointError
 from model.folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
-from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime
+from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime, load_model
 from model.spec import SPEC_FILENAME, GeneratorSpec, make_readable
 
 logger = logging.getLogger(__name__)
@@ -86,11 +87,9 @@ def export_model(
         spec = dataclasses.replace(
             spec, extra={**spec.extra, "export": {"format": format, "half": half}}
         )
-        reference = TorchRuntime(_copy(generator), "cpu", channels_last=False)
+        reference = TorchRuntime(copy.deepcopy(generator), "cpu", channels_last=False)
         if format == "safetensors":
             save_model_folder(staging, generator, spec, torch.float16 if half else None)
-            from model.runtime import load_model
-
             exported = load_model(staging, runtime="torch", device="cpu").runtime
         elif format == "onnx":
             _export_onnx(generator, spec, staging / GENERATOR_ONNX)
@@ -120,12 +119,6 @@ def export_model(
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     logger.info("exported %s to %s (%d bytes); parity %s", format, out, size, parity)
     return ExportResult(out, format, parity, size)
-
-
-def _copy(generator: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(generator)
 
 
 def _example(spec: GeneratorSpec) -> torch.Tensor:
