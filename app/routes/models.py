@@ -143,17 +143,11 @@ async def translate(
     spec = served.spec
     assert spec is not None and served.batcher is not None
     data = await image.read()
-    decoded = await run_in_threadpool(decode_upload, data, settings.max_side, settings.max_pixels)
-    request.state.input_size = f"{decoded.width}x{decoded.height}"
-    try:
-        array = await run_in_threadpool(prepare_input, decoded, spec)
-    except InputError as error:
-        raise ApiError(422, "invalid_input", str(error)) from None
-    tensor = await run_in_threadpool(encode_input, array, spec)
-    size = tuple(tensor.shape[-2:])
-    batch = tensor[None]
-    if resize is ResizeMode.fit:
-        batch = await run_in_threadpool(fit_to_training_size, batch, spec)
+    # Decoding and encoding are CPU work: one trip to the thread pool each way.
+    array, batch, size, (width, height) = await run_in_threadpool(
+        _prepare, data, spec, settings, resize is ResizeMode.fit
+    )
+    request.state.input_size = f"{width}x{height}"
     try:
         output, batch_size, inference_ms = await _run(served, batch, settings)
     except QueueFull as error:
@@ -163,16 +157,36 @@ async def translate(
             f"{error}; retry shortly",
             headers={"Retry-After": str(settings.retry_after_s)},
         ) from None
-    output = await run_in_threadpool(restore_size, output, size)
     request.state.batch_size = batch_size
     request.state.inference_ms = round(inference_ms, 2)
-    result = await run_in_threadpool(_to_bytes, output[0], spec, array, format.value)
-    body, media_type = result
+    body, media_type = await run_in_threadpool(_finish, output, size, spec, array, format.value)
     return Response(
         content=body,
         media_type=media_type,
         headers={"X-Model": served.name, "X-Inference-Ms": f"{inference_ms:.2f}"},
     )
+
+
+def _prepare(data: bytes, spec, settings: Settings, fit: bool):
+    """Upload bytes -> (canonical input array, (1, C, H, W) network batch, output (H, W) after
+    EXIF rotation, uploaded (width, height))."""
+    decoded = decode_upload(data, settings.max_side, settings.max_pixels)
+    try:
+        array = prepare_input(decoded, spec)
+    except InputError as error:
+        raise ApiError(422, "invalid_input", str(error)) from None
+    batch = encode_input(array, spec)[None]
+    size = tuple(batch.shape[-2:])
+    if fit:
+        batch = fit_to_training_size(batch, spec)
+    return array, batch, size, decoded.size
+
+
+def _finish(output: np.ndarray, size, spec, array: np.ndarray, format_name: str):
+    """Network output -> encoded image bytes at the input's size."""
+    output = restore_size(output, size)
+    image = Image.fromarray(decode_output(output[0], spec, array))
+    return encode_image(image, format_name)
 
 
 async def _run(
@@ -211,8 +225,3 @@ def _crops(plan, indices) -> list[np.ndarray]:
 def _blend(plan, indices, results) -> None:
     for index, result in zip(indices, results, strict=True):
         plan.add(index, result.output)
-
-
-def _to_bytes(output: np.ndarray, spec, array: np.ndarray, format_name: str):
-    image = Image.fromarray(decode_output(output, spec, array))
-    return encode_image(image, format_name)
