@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as functional
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.networks import PatchDiscriminator, UNetGenerator, init_weights
+from torch import nn
+
+from model.networks import PatchDiscriminator, init_weights
 from training.config import load_config
 from training.synth import write_synthetic_dataset
 from training.trainer import Trainer
@@ -64,11 +66,49 @@ TINY = Shape(size=32, num_downs=5, width=8, d_width=8, d_layers=2)
 # -- the baseline: the reference implementation's iteration, written plainly --------------------
 
 
+class PlainUNet(nn.Module):
+    """The paper's U-Net built from stock layers only, recursively, the way the reference
+    implementation builds it: none of the trainer's layout or small-map shortcuts."""
+
+    def __init__(self, channels: int, num_downs: int, width: int):
+        super().__init__()
+        widths = [width * min(2**level, 8) for level in range(num_downs)]
+        self.block = self._level(channels, widths, 0)
+
+    def _level(self, outer: int, widths: list[int], level: int) -> nn.Module:
+        inner = widths[level]
+        first, innermost = level == 0, level == len(widths) - 1
+        down: list[nn.Module] = [] if first else [nn.LeakyReLU(0.2, True)]
+        down.append(nn.Conv2d(widths[level - 1] if level else outer, inner, 4, 2, 1, bias=False))
+        if not first and not innermost:
+            down.append(nn.BatchNorm2d(inner))
+        middle = [] if innermost else [self._level(outer, widths, level + 1)]
+        up_in = inner if innermost else inner * 2
+        up_out = outer if first else widths[level - 1]
+        up: list[nn.Module] = [nn.ReLU(True), nn.ConvTranspose2d(up_in, up_out, 4, 2, 1, bias=first)]
+        up += [nn.Tanh()] if first else [nn.BatchNorm2d(up_out)]
+        if len(widths) - 5 < level < len(widths) - 1:  # the three levels above the innermost
+            up.append(nn.Dropout(0.5))
+        return _Skip(nn.Sequential(*down, *middle, *up), keep=not first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class _Skip(nn.Module):
+    def __init__(self, body: nn.Module, keep: bool):
+        super().__init__()
+        self.body, self.keep = body, keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], 1) if self.keep else self.body(x)
+
+
 class BaselineStep:
     """pix2pix as the reference trains it: fp32, NCHW, per-parameter Adam, no autocast."""
 
     def __init__(self, shape: Shape, device: torch.device):
-        self.generator = UNetGenerator(3, 3, shape.num_downs, shape.width).to(device)
+        self.generator = PlainUNet(3, shape.num_downs, shape.width).to(device)
         self.discriminator = PatchDiscriminator(6, shape.d_width, shape.d_layers).to(device)
         init_weights(self.generator)
         init_weights(self.discriminator)

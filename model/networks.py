@@ -6,8 +6,31 @@ import functools
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from model.spec import GeneratorArchitecture
+
+# Training-time shortcuts for the U-Net's innermost levels (see ``_matmul_allowed``): on small
+# feature maps oneDNN's strided and transposed convolutions reach a few GFLOP/s in the backward
+# pass, while the same product written as unfold/fold around one GEMM runs near the matmul
+# peak. Limits measured on the paper generator (bench/train.py, 2 CPU cores): a transposed
+# conv gains up to an 8x8 input at any batch size, a strided conv while the GEMM has at most
+# 256 rows (batch x output pixels).
+MATMUL_MAX_PIXELS = 64
+MATMUL_MAX_ROWS = 256
+
+
+def _matmul_allowed(module: nn.Module, x: torch.Tensor) -> bool:
+    """Only while training with autograd; inference, tracing and export keep the standard
+    operators, so exported graphs and runtimes are unchanged."""
+    return (
+        module.training
+        and torch.is_grad_enabled()
+        and x.dim() == 4
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.onnx.is_in_onnx_export()
+    )
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
@@ -27,6 +50,81 @@ def _conv_bias(norm: str) -> bool:
     return norm != "batch"
 
 
+def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1)
+
+
+class DownConv(nn.Conv2d):
+    """4x4 stride-2 convolution (padding 1); same parameters and results as ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, bias: bool):
+        super().__init__(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _matmul_allowed(self, x):
+            return super().forward(x)
+        batch, channels, height, width = x.shape
+        rows, columns = height // 2, width // 2
+        if batch * rows * columns > MATMUL_MAX_ROWS:
+            return super().forward(x)
+        # Patches and weights both in (kh, kw, channel) order: for channels-last weights
+        # the weight matrix is a view, and its gradient comes back in the weight's own layout.
+        patches = functional.pad(x, (1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)
+        patches = patches.permute(0, 2, 3, 4, 5, 1).reshape(batch * rows * columns, 16 * channels)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+        y = (patches @ weight.t()).view(batch, rows, columns, -1).permute(0, 3, 1, 2)
+        return _add_bias(y, self.bias)  # channels-last, like the rows of the product
+
+
+class UpConv(nn.ConvTranspose2d):
+    """4x4 stride-2 transposed convolution (padding 1); same parameters and results as
+    ``nn.ConvTranspose2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, bias: bool):
+        super().__init__(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is not None or not _matmul_allowed(self, x):
+            return super().forward(x, output_size)
+        batch, channels, height, width = x.shape
+        if height * width > MATMUL_MAX_PIXELS:
+            return super().forward(x, output_size)
+        pixels = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+        weight = self.weight.permute(0, 2, 3, 1).reshape(channels, -1)  # (in, kh*kw*out)
+        # Each input pixel scatters a 4x4 patch per output channel; fold sums the overlaps.
+        patches = (pixels @ weight).view(batch, height * width, 4, 4, self.out_channels)
+        patches = patches.permute(0, 4, 2, 3, 1).reshape(batch, -1, height * width)
+        y = functional.fold(patches, (2 * height, 2 * width), 4, padding=1, stride=2)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)
+        return _add_bias(y, self.bias)
+
+
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on a densely laid-out gradient.
+
+    The gradient of ``torch.cat`` reaches each input as a channel slice, which is neither
+    contiguous nor channels-last; batch norm's backward takes a slow generic path on such
+    strides (measured 72 ms instead of 2 ms at 4x64x128x128), so one copy here pays off.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        return grad.contiguous(memory_format=layout)
+
+
+def _dense_grad(x: torch.Tensor) -> torch.Tensor:
+    if not x.requires_grad or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return x
+    return _DenseGrad.apply(x)
+
+
 class DownBlock(nn.Module):
     """Encoder step: [LeakyReLU] -> 4x4 conv stride 2 -> [norm]."""
 
@@ -34,14 +132,7 @@ class DownBlock(nn.Module):
         super().__init__()
         use_norm = not first and not last
         self.activation = nn.Identity() if first else nn.LeakyReLU(0.2, inplace=True)
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=4,
-            stride=2,
-            padding=1,
-            bias=_conv_bias(norm),
-        )
+        self.conv = DownConv(in_channels, out_channels, bias=_conv_bias(norm))
         self.norm = norm_layer(norm, out_channels) if use_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,9 +145,7 @@ class UpBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm: str, *, dropout: bool):
         super().__init__()
         self.activation = nn.ReLU(inplace=True)
-        self.conv = nn.ConvTranspose2d(
-            in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=_conv_bias(norm)
-        )
+        self.conv = UpConv(in_channels, out_channels, bias=_conv_bias(norm))
         self.norm = norm_layer(norm, out_channels)
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
 
@@ -122,8 +211,7 @@ class UNetGenerator(nn.Module):
             skips.append(x)
         skips.pop()  # the bottleneck feeds the decoder directly
         for block in self.decoder:
-            x = block(x)
-            x = torch.cat([skips.pop(), x], dim=1)
+            x = torch.cat([skips.pop(), _dense_grad(block(x))], dim=1)
         return self.output(x)
 
 

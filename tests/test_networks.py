@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from model import networks
 from model.networks import PatchDiscriminator, UNetGenerator, count_parameters, init_weights
 
 
@@ -80,3 +81,58 @@ def test_init_follows_the_paper():
     assert conv.std().item() == pytest.approx(0.02, rel=0.05)
     assert norm.mean().item() == pytest.approx(1.0, abs=0.01)
     assert norm.std().item() == pytest.approx(0.02, rel=0.3)
+
+
+def _outputs_and_gradients(generator, x, monkeypatch, enabled):
+    monkeypatch.setattr(networks, "MATMUL_MAX_PIXELS", 64 if enabled else 0)
+    monkeypatch.setattr(networks, "MATMUL_MAX_ROWS", 256 if enabled else 0)
+    generator.zero_grad(set_to_none=True)
+    y = generator(x)
+    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    (y * weights).sum().backward()
+    return y.detach(), {name: p.grad.clone() for name, p in generator.named_parameters()}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matmul_path_for_small_maps_matches_stock_convolutions(monkeypatch, channels_last):
+    """Training runs the 8x8-and-smaller levels as unfold/fold + GEMM: same outputs and
+    gradients as nn.Conv2d / nn.ConvTranspose2d, in either memory layout."""
+    torch.manual_seed(0)
+    generator = UNetGenerator(3, 2, num_downs=6, base_width=4, norm="batch", dropout=False)
+    generator = generator.double().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    if channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    calls = []
+    monkeypatch.setattr(networks.functional, "fold", _counting(networks.functional.fold, calls))
+    stock_y, stock_grads = _outputs_and_gradients(generator, x, monkeypatch, False)
+    assert not calls
+    fast_y, fast_grads = _outputs_and_gradients(generator, x, monkeypatch, True)
+    assert len(calls) == 4  # the decoder levels fed 1x1, 2x2, 4x4 and 8x8 maps
+    torch.testing.assert_close(fast_y, stock_y, rtol=0, atol=1e-12)
+    for name, grad in stock_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+        if channels_last and grad.dim() == 4:
+            # the gradient comes back in the weight's own layout: no copy for AccumulateGrad
+            assert fast_grads[name].stride() == dict(generator.named_parameters())[name].stride()
+
+
+def test_matmul_path_is_training_only(monkeypatch):
+    generator = UNetGenerator(3, 3, num_downs=5, base_width=4)
+    calls = []
+    monkeypatch.setattr(networks.functional, "fold", _counting(networks.functional.fold, calls))
+    with torch.no_grad():
+        generator.train()(torch.randn(1, 3, 32, 32))
+    generator.eval()(torch.randn(1, 3, 32, 32))
+    traced = torch.jit.trace(generator.train(), torch.randn(1, 3, 32, 32), check_trace=False)
+    assert not calls
+    assert "fold" not in str(traced.inlined_graph)
+
+
+def _counting(function, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return wrapper

@@ -40,7 +40,7 @@ from model.checkpoint import (
 from model.networks import PatchDiscriminator, build_generator, init_weights
 from model.processing import decode_output, input_preview
 from model.spec import SPEC_FILENAME, GeneratorSpec, write_text_atomic
-from training import distributed
+from training import distributed, optim
 from training.config import Config, ConfigError, config_from_dict
 from training.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
@@ -215,11 +215,12 @@ class Trainer:
         train = config.train
         # The fused kernel reads and writes each parameter's state once per step; on the CPU it
         # was 3x faster than foreach and 5x faster than per-parameter Adam (bench/train.py).
+        # ``optim.Adam`` spares it the copies of channels-last weights.
         fused = self.device.type in ("cuda", "cpu")
         adam = {"lr": train.lr, "betas": (train.beta1, train.beta2)}
         adam.update({"fused": True} if fused else {"foreach": True})
-        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), **adam)
-        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), **adam)
+        self.optimizer_g = optim.Adam(self.generator.parameters(), **adam)
+        self.optimizer_d = optim.Adam(self.discriminator.parameters(), **adam)
         self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, self.lr_factor)
         self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, self.lr_factor)
         self.scaler = torch.amp.GradScaler(
