@@ -6,7 +6,8 @@
 
 Runtimes: ``eager-nchw`` (plain fp32 PyTorch, NCHW, as the reference runs it), ``torch``
 (fp32, channels_last), ``torch-bf16`` (autocast), ``torch-compile-bf16`` (inductor with
-weight freezing), ``onnx`` (ONNX Runtime, CPU). GFLOP/s counts the generator's own FLOPs.
+weight freezing), ``onnx`` (ONNX Runtime, CPU), ``onnx-int8`` (``export --int8``: int8
+convolutions, calibrated on random inputs here). GFLOP/s counts the generator's own FLOPs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def paper_model(folder: Path) -> Path:
     torch.manual_seed(0)
     generator = UNetGenerator(3, 3, num_downs=8, base_width=64, norm="batch")
     init_weights(generator)
+    # Batch-norm running statistics from a few training-mode passes, so that activations have
+    # trained-like scales (int8 calibration depends on them; the other runtimes do not care).
+    with torch.no_grad():
+        for _ in range(3):
+            generator(torch.rand(2, 3, 256, 256) * 2 - 1)
     spec = GeneratorSpec(GeneratorArchitecture(), 3, 3, train_size=256, pad_multiple=256)
     save_model_folder(folder, generator.eval(), spec)
     return folder
@@ -64,9 +70,25 @@ def build_runtimes(folder: Path, names: list[str], workdir: Path) -> dict:
         elif name == "onnx":
             exported = export_model(folder, workdir / "onnx", "onnx")
             runtimes[name] = OnnxRuntime(exported.folder / "generator.onnx")
+        elif name == "onnx-int8":
+            calibration = random_inputs(loaded.spec, 16, loaded.spec.train_size)
+            exported = export_model(
+                folder, workdir / "int8", "onnx", int8=True, calibration=calibration
+            )
+            print(f"onnx-int8: {exported.psnr:.1f} dB PSNR against fp32 (held-out inputs)")
+            runtimes[name] = OnnxRuntime(exported.folder / "generator.onnx")
         else:
             raise SystemExit(f"unknown runtime {name}")
     return runtimes, loaded.spec
+
+
+def random_inputs(spec: GeneratorSpec, count: int, size: int) -> np.ndarray:
+    """Uniform [-1, 1] images, or random one-hot label maps for label-map models."""
+    rng = np.random.default_rng(1)
+    if spec.input_kind == "label_map" and spec.one_hot:
+        classes = rng.integers(0, spec.in_channels, (count, size, size))
+        return np.eye(spec.in_channels, dtype=np.float32)[classes].transpose(0, 3, 1, 2)
+    return rng.uniform(-1, 1, (count, spec.in_channels, size, size)).astype(np.float32)
 
 
 def measure(runtime, batch: np.ndarray, seconds: float, min_repeats: int = 3) -> float:
@@ -88,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="model folder (default: paper generator)")
     parser.add_argument("--runtimes", nargs="+", default=[
-        "eager-nchw", "torch", "torch-bf16", "torch-compile-bf16", "onnx",
+        "eager-nchw", "torch", "torch-bf16", "torch-compile-bf16", "onnx", "onnx-int8",
     ])  # fmt: skip
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
@@ -114,11 +136,9 @@ def main() -> None:
         header = f"| {'runtime':<20} | batch | size | ms/image | images/s | GFLOP/s |"
         print(header)
         print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
-        rng = np.random.default_rng(0)
         for size in args.sizes:
             for batch_size in args.batches:
-                batch = rng.uniform(-1, 1, (batch_size, spec.in_channels, size, size))
-                batch = batch.astype(np.float32)
+                batch = random_inputs(spec, batch_size, size)
                 for name, runtime in runtimes.items():
                     seconds = measure(runtime, batch, args.seconds) / batch_size
                     print(

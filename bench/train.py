@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as functional
-from torch.utils.flop_counter import FlopCounterMode
-
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from model.networks import PatchDiscriminator, init_weights
 from training.config import load_config
@@ -85,7 +84,8 @@ class PlainUNet(nn.Module):
         middle = [] if innermost else [self._level(outer, widths, level + 1)]
         up_in = inner if innermost else inner * 2
         up_out = outer if first else widths[level - 1]
-        up: list[nn.Module] = [nn.ReLU(True), nn.ConvTranspose2d(up_in, up_out, 4, 2, 1, bias=first)]
+        up: list[nn.Module] = [nn.ReLU(True)]
+        up.append(nn.ConvTranspose2d(up_in, up_out, 4, 2, 1, bias=first))
         up += [nn.Tanh()] if first else [nn.BatchNorm2d(up_out)]
         if len(widths) - 5 < level < len(widths) - 1:  # the three levels above the innermost
             up.append(nn.Dropout(0.5))

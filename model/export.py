@@ -37,6 +37,7 @@ class ExportResult:
     format: str
     parity: dict[str, float]  # "HxW" -> max abs difference against eager fp32
     bytes: int
+    psnr: float | None = None  # int8: dB against fp32 on held-out calibration images
 
 
 def _parity_sizes(spec: GeneratorSpec) -> list[tuple[int, int]]:
@@ -66,16 +67,27 @@ def export_model(
     half: bool = False,
     inference_mode: str | None = None,
     tolerance: float = 1e-4,
+    int8: bool = False,
+    calibration: np.ndarray | None = None,
+    min_psnr: float = 40.0,
 ) -> ExportResult:
-    """Write ``out`` (spec.json + weights) from a run directory, checkpoint or model folder."""
+    """Write ``out`` (spec.json + weights) from a run directory, checkpoint or model folder.
+
+    ``int8`` (ONNX only) quantizes the convolutions, calibrated on ``calibration`` inputs
+    (N, C, H, W) in the network's input encoding; see ``model.quantize``.
+    """
     if format not in FORMATS:
         raise CheckpointError(f"unknown export format {format!r} (choose {', '.join(FORMATS)})")
+    if int8 and (format != "onnx" or half):
+        raise CheckpointError("--int8 applies to --format onnx only, and not with --half")
+    if int8 and calibration is None:
+        raise CheckpointError("int8 export needs calibration images")
     generator, spec = load_generator(source, "cpu")
     if inference_mode is not None:
         spec = dataclasses.replace(spec, inference_mode=inference_mode)
         generator.train(inference_mode == "train")
     out = Path(out)
-    if format == "onnx" and spec.inference_mode == "train":
+    if format == "onnx" and spec.inference_mode == "train":  # int8 included
         raise CheckpointError(
             "ONNX export carries eval-mode inference only (no test-time dropout or batch "
             "statistics); export with --inference-mode eval, or use safetensors/torchscript"
@@ -84,11 +96,14 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        spec = dataclasses.replace(
-            spec, extra={**spec.extra, "export": {"format": format, "half": half}}
-        )
+        export_info = {"format": format, "half": half} | ({"int8": True} if int8 else {})
+        spec = dataclasses.replace(spec, extra={**spec.extra, "export": export_info})
         reference = TorchRuntime(copy.deepcopy(generator), "cpu", channels_last=False)
-        if format == "safetensors":
+        fidelity = None
+        if int8:
+            fidelity = _export_int8(generator, spec, staging, reference, calibration, min_psnr)
+            exported = None
+        elif format == "safetensors":
             save_model_folder(staging, generator, spec, torch.float16 if half else None)
             exported = load_model(staging, runtime="torch", device="cpu").runtime
         elif format == "onnx":
@@ -101,7 +116,9 @@ def export_model(
             _export_torchscript(generator, spec, staging / GENERATOR_TORCHSCRIPT)
             spec.save(staging / SPEC_FILENAME)
             exported = TorchScriptRuntime(staging / GENERATOR_TORCHSCRIPT)
-        parity = check_parity(reference, exported, spec) if deterministic else {}
+        # int8: the exact fp32 rewrite was checked above; the int8 model is judged by PSNR.
+        checked = deterministic and not int8
+        parity = check_parity(reference, exported, spec) if checked else {}
         limit = 2e-2 if half else tolerance
         worst = max(parity.values(), default=0.0)
         if worst > limit:
@@ -118,7 +135,25 @@ def export_model(
         raise
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     logger.info("exported %s to %s (%d bytes); parity %s", format, out, size, parity)
-    return ExportResult(out, format, parity, size)
+    return ExportResult(out, format, parity, size, fidelity)
+
+
+def _export_int8(generator, spec, staging: Path, reference, calibration, min_psnr) -> float:
+    """fp32 inference graph (parity-checked) -> int8 ONNX (PSNR-checked) in ``staging``."""
+    from model.quantize import check_fidelity, inference_graph, quantize_onnx, split_calibration
+
+    calibrate, held_out = split_calibration(np.asarray(calibration, dtype=np.float32))
+    fp32_path = staging / "fp32.onnx"
+    _export_onnx(inference_graph(generator), spec, fp32_path)
+    rewritten = OnnxRuntime(fp32_path)
+    worst = max(check_parity(reference, rewritten, spec).values())
+    if worst > 1e-4:
+        raise CheckpointError(f"int8 graph rewrite differs from PyTorch by {worst:.2e}")
+    del rewritten
+    quantize_onnx(fp32_path, staging / GENERATOR_ONNX, calibrate)
+    fp32_path.unlink()
+    spec.save(staging / SPEC_FILENAME)
+    return check_fidelity(reference, OnnxRuntime(staging / GENERATOR_ONNX), held_out, min_psnr)
 
 
 def _example(spec: GeneratorSpec) -> torch.Tensor:

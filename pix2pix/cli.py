@@ -164,15 +164,70 @@ def command_export(args: argparse.Namespace, extra: list[str]) -> int:
     from model.export import export_model
 
     out = Path(args.out) if args.out else Path("models") / Path(args.source).name
+    calibration = _calibration_inputs(args) if args.int8 else None
     result = export_model(
-        args.source, out, args.format, half=args.half, inference_mode=args.inference_mode
+        args.source,
+        out,
+        args.format,
+        half=args.half,
+        inference_mode=args.inference_mode,
+        int8=args.int8,
+        calibration=calibration,
+        min_psnr=args.min_psnr,
     )
-    parity = ", ".join(f"{size}: {value:.1e}" for size, value in result.parity.items())
-    print(
-        f"exported {args.format} to {result.folder} ({result.bytes / 1e6:.1f} MB); "
-        f"max abs difference vs PyTorch: {parity or 'not checked (train-mode inference)'}"
-    )
+    if result.psnr is not None:
+        check = f"PSNR vs fp32 PyTorch on held-out calibration images: {result.psnr:.1f} dB"
+    else:
+        parity = ", ".join(f"{size}: {value:.1e}" for size, value in result.parity.items())
+        check = f"max abs difference vs PyTorch: {parity or 'not checked (train-mode inference)'}"
+    print(f"exported {args.format} to {result.folder} ({result.bytes / 1e6:.1f} MB); {check}")
     return 0
+
+
+def _calibration_inputs(args: argparse.Namespace):
+    """Network inputs for int8 calibration: the first ``--calibration-images`` of a dataset's
+    train (else val, test) split, or of a folder of input images; by default the dataset the
+    run was trained on."""
+    import numpy as np
+    from PIL import Image
+
+    from model.checkpoint import load_generator
+    from model.errors import CheckpointError, InputError
+    from model.processing import encode_input, prepare_input
+    from model.translate import fit_to_training_size
+    from training.config import load_config
+    from training.datasets import PairedDataset, list_images
+    from training.evaluate import data_config_for
+
+    _, spec = load_generator(args.source, "cpu")
+    root = args.calibration
+    run_config = Path(args.source) / "config.toml"
+    if root is None and run_config.is_file():
+        root = load_config(run_config).data.root
+    if root is None:
+        raise CheckpointError(
+            "--int8 needs calibration images: --calibration DIR (a dataset root or a folder of "
+            "input images)"
+        )
+    root, count = Path(root), args.calibration_images
+    splits = [split for split in ("train", "val", "test") if (root / split).is_dir()]
+    if splits:
+        dataset = PairedDataset(data_config_for(spec, root, splits[0]), splits[0], spec, False)
+        items = [dataset[index]["A"].numpy() for index in range(min(count, len(dataset)))]
+        return np.stack(items) if items else np.zeros((0, spec.in_channels, 1, 1), np.float32)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: calibration folder not found")
+    arrays = []
+    for path in list_images(root)[:count]:
+        try:
+            with Image.open(path) as image:
+                array = encode_input(prepare_input(image, spec), spec)
+        except (OSError, InputError) as error:
+            raise CheckpointError(f"{path}: cannot use it for calibration ({error})") from error
+        arrays.append(fit_to_training_size(array[None], spec)[0])
+    if not arrays:
+        raise CheckpointError(f"{root}: no images to calibrate on")
+    return np.stack(arrays)
 
 
 def command_import_reference(args: argparse.Namespace, extra: list[str]) -> int:
@@ -411,6 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the spec: eval (running stats, no dropout) or train (the paper's "
         "test-time dropout and batch statistics)",
     )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX with int8 convolutions (about 2x faster on CPUs with VNNI), calibrated on "
+        "--calibration and refused below --min-psnr against fp32",
+    )
+    export.add_argument(
+        "--calibration",
+        help="dataset root or folder of input images for --int8 (default: the run's dataset)",
+    )
+    export.add_argument("--calibration-images", type=int, default=64, metavar="N")
+    export.add_argument("--min-psnr", type=float, default=40.0, metavar="DB")
     export.set_defaults(handler=command_export)
 
     reference = verbs.add_parser(

@@ -118,6 +118,7 @@ def test_matmul_path_for_small_maps_matches_stock_convolutions(monkeypatch, chan
             assert fast_grads[name].stride() == dict(generator.named_parameters())[name].stride()
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_matmul_path_is_training_only(monkeypatch):
     generator = UNetGenerator(3, 3, num_downs=5, base_width=4)
     calls = []

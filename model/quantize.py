@@ -1,0 +1,175 @@
+"""Int8 ONNX export: the generator's convolutions on the CPU's integer dot-product units.
+
+Three steps, each checked:
+
+1. An inference graph equal to the generator in fp32: batch norm folded into the convolution
+   before it, and every 4x4 stride-2 transposed convolution rewritten as one 2x2 convolution
+   with four times the outputs (one group per output-pixel phase) followed by DepthToSpace.
+   ONNX Runtime has int8 kernels for convolutions but none for transposed ones, which carry
+   two thirds of the U-Net's FLOPs; after the rewrite every layer runs as ``QLinearConv``.
+2. Static quantization with ONNX Runtime (QDQ, int8 weights per output channel, uint8
+   activations), calibrated on the caller's input images.
+3. A fidelity check on held-out inputs: PSNR of the int8 output against fp32, in 8-bit image
+   levels, must reach ``min_psnr`` (40 dB by default) or nothing is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from model.errors import CheckpointError
+from model.networks import DownBlock, UNetGenerator, UpBlock
+
+logger = logging.getLogger(__name__)
+
+# Phases of a 4x4 stride-2 padding-1 transposed convolution: output pixel (2i + a, 2j + b)
+# sums input rows i - 1 + a .. i + a and columns j - 1 + b .. j + b through these kernel taps.
+_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+_TAPS = {0: [3, 1], 1: [2, 0]}
+# With padding 1 the 2x2 convolution yields (H+1) x (W+1) positions; phase 0 takes the first
+# H rows, phase 1 the last H.
+_WINDOW = {0: slice(None, -1), 1: slice(1, None)}
+
+
+class _DepthToSpace(torch.autograd.Function):
+    """(N, 4C, H, W) with channel index (a * 2 + b) * C + c -> (N, C, 2H, 2W): ONNX's
+    DepthToSpace in DCR mode, which PyTorch's pixel_shuffle (CRD) does not export."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        x = x.view(batch, 2, 2, channels // 4, height, width).permute(0, 3, 4, 1, 5, 2)
+        return x.reshape(batch, channels // 4, 2 * height, 2 * width)
+
+    @staticmethod
+    def symbolic(graph, x):
+        return graph.op("DepthToSpace", x, blocksize_i=2, mode_s="DCR")
+
+
+class PhaseConvTranspose(nn.Module):
+    """A 4x4 stride-2 padding-1 ``ConvTranspose2d`` as one 2x2 convolution + DepthToSpace."""
+
+    def __init__(self, layer: nn.ConvTranspose2d):
+        super().__init__()
+        if (
+            layer.kernel_size != (4, 4)
+            or layer.stride != (2, 2)
+            or layer.padding != (1, 1)
+            or layer.output_padding != (0, 0)
+            or layer.groups != 1
+            or layer.dilation != (1, 1)
+        ):
+            raise ValueError(f"only 4x4 stride-2 padding-1 transposed convs are rewritten: {layer}")
+        weight = layer.weight.detach()  # (in, out, 4, 4)
+        kernels = [
+            weight[:, :, _TAPS[a]][:, :, :, _TAPS[b]].permute(1, 0, 2, 3) for a, b in _PHASES
+        ]
+        self.out_channels = layer.out_channels
+        self.weight = nn.Parameter(torch.cat(kernels).contiguous(), requires_grad=False)
+        bias = layer.bias.detach() if layer.bias is not None else None
+        self.bias = None if bias is None else nn.Parameter(bias.repeat(4), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = functional.conv2d(x, self.weight, self.bias, padding=1)
+        size = self.out_channels
+        phases = [
+            y[:, index * size : (index + 1) * size, _WINDOW[a], _WINDOW[b]]
+            for index, (a, b) in enumerate(_PHASES)
+        ]
+        return _DepthToSpace.apply(torch.cat(phases, dim=1))
+
+
+def _fold_batch_norm(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> None:
+    """Scale ``conv``'s output channels so that conv(x) == norm(old_conv(x)) in eval mode."""
+    scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+    shift = norm.bias.detach() - norm.running_mean * scale
+    shape = (-1, 1, 1, 1) if isinstance(conv, nn.Conv2d) else (1, -1, 1, 1)
+    with torch.no_grad():
+        conv.weight.mul_(scale.view(shape))
+        bias = conv.bias.detach() * scale + shift if conv.bias is not None else shift
+    conv.bias = nn.Parameter(bias.clone())
+
+
+def inference_graph(generator: UNetGenerator) -> UNetGenerator:
+    """An eval-mode copy with batch norm folded and transposed convs rewritten (same outputs
+    in fp32 up to rounding); ``generator`` is untouched."""
+    graph = copy.deepcopy(generator).eval()
+    for block in graph.modules():
+        if isinstance(block, DownBlock | UpBlock) and isinstance(block.norm, nn.BatchNorm2d):
+            _fold_batch_norm(block.conv, block.norm)
+            block.norm = nn.Identity()
+    for parent in list(graph.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.ConvTranspose2d):
+                setattr(parent, name, PhaseConvTranspose(child))
+    return graph
+
+
+def psnr(reference: np.ndarray, other: np.ndarray) -> float:
+    """PSNR in dB between two network outputs in [-1, 1], compared as 8-bit image levels."""
+    levels = [np.clip(np.round((array + 1.0) * 127.5), 0, 255) for array in (reference, other)]
+    mse = float(np.mean((levels[0] - levels[1]) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
+    """Static int8 quantization of ``fp32_path`` calibrated on ``calibration`` (N, C, H, W)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": sample[None]} for sample in calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+
+def split_calibration(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrate on three quarters of the inputs, check fidelity on the rest (at least one)."""
+    if len(inputs) < 2:
+        raise CheckpointError(
+            f"int8 export needs at least 2 calibration images (got {len(inputs)}): some "
+            "calibrate the activation ranges, the others check the result"
+        )
+    held_out = max(1, len(inputs) // 4)
+    return inputs[:-held_out], inputs[-held_out:]
+
+
+def check_fidelity(reference, exported, inputs: np.ndarray, min_psnr: float) -> float:
+    """PSNR of ``exported`` against ``reference`` on ``inputs``; raises below ``min_psnr``."""
+    value = psnr(reference(inputs), exported(inputs))
+    if value < min_psnr:
+        raise CheckpointError(
+            f"int8 model reaches only {value:.1f} dB PSNR against fp32 on {len(inputs)} "
+            f"held-out calibration image(s) (limit {min_psnr:.0f} dB); nothing was written. "
+            "Calibrate on more, and more typical, images or export without --int8"
+        )
+    logger.info("int8 fidelity: %.1f dB PSNR against fp32 on %d images", value, len(inputs))
+    return value
