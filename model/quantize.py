@@ -30,6 +30,8 @@ from model.networks import DownBlock, UNetGenerator, UpBlock
 
 logger = logging.getLogger(__name__)
 
+QUANTIZATION_KEY = "pix2pix.quantization"  # ONNX metadata; runtimes report "onnx-int8"
+
 # Phases of a 4x4 stride-2 padding-1 transposed convolution: output pixel (2i + a, 2j + b)
 # sums input rows i - 1 + a .. i + a and columns j - 1 + b .. j + b through these kernel taps.
 _PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -149,6 +151,11 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> N
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+    import onnx
+
+    model = onnx.load(str(out_path))
+    onnx.helper.set_model_props(model, {QUANTIZATION_KEY: "int8"})
+    onnx.save(model, str(out_path))
 
 
 def split_calibration(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -161,7 +161,12 @@ class OnnxRuntime:
         except Exception as error:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({error})") from error
         self.input_name = self.session.get_inputs()[0].name
-        self.name = "onnx-cuda" if providers[0].startswith("CUDA") else "onnx"
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        # model.quantize.QUANTIZATION_KEY (not imported: this path stays free of torch)
+        quantized = metadata.get("pix2pix.quantization") == "int8"
+        self.name = "onnx" + ("-int8" if quantized else "")
+        if providers[0].startswith("CUDA"):
+            self.name += "-cuda"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         inputs = np.ascontiguousarray(batch, dtype=np.float32)

@@ -89,6 +89,7 @@ def test_int8_export_is_faithful_smaller_and_all_integer(model_folder, tmp_path)
     # Served like any ONNX model, any size: faithful on images it was not calibrated on.
     reference = load_model(model_folder, runtime="torch").runtime
     loaded = load_model(result.folder, runtime="onnx")
+    assert loaded.runtime.name == "onnx-int8"
     batch = _smooth_images(3, 96, 64, seed=7)
     assert psnr(reference(batch), loaded.runtime(batch)) >= 40.0
 
