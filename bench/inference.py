@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.checkpoint import save_model_folder
-from model.export import export_model
+from model.export import export_model, random_inputs
 from model.networks import UNetGenerator, build_generator, init_weights
 from model.runtime import OnnxRuntime, TorchRuntime, load_model
 from model.spec import GeneratorArchitecture, GeneratorSpec
@@ -71,7 +71,8 @@ def build_runtimes(folder: Path, names: list[str], workdir: Path) -> dict:
             exported = export_model(folder, workdir / "onnx", "onnx")
             runtimes[name] = OnnxRuntime(exported.folder / "generator.onnx")
         elif name == "onnx-int8":
-            calibration = random_inputs(loaded.spec, 16, loaded.spec.train_size)
+            size = loaded.spec.train_size
+            calibration = random_inputs(loaded.spec, 16, size, size, np.random.default_rng(1))
             exported = export_model(
                 folder, workdir / "int8", "onnx", int8=True, calibration=calibration
             )
@@ -80,15 +81,6 @@ def build_runtimes(folder: Path, names: list[str], workdir: Path) -> dict:
         else:
             raise SystemExit(f"unknown runtime {name}")
     return runtimes, loaded.spec
-
-
-def random_inputs(spec: GeneratorSpec, count: int, size: int) -> np.ndarray:
-    """Uniform [-1, 1] images, or random one-hot label maps for label-map models."""
-    rng = np.random.default_rng(1)
-    if spec.input_kind == "label_map" and spec.one_hot:
-        classes = rng.integers(0, spec.in_channels, (count, size, size))
-        return np.eye(spec.in_channels, dtype=np.float32)[classes].transpose(0, 3, 1, 2)
-    return rng.uniform(-1, 1, (count, spec.in_channels, size, size)).astype(np.float32)
 
 
 def measure(runtime, batch: np.ndarray, seconds: float, min_repeats: int = 3) -> float:
@@ -136,9 +128,10 @@ def main() -> None:
         header = f"| {'runtime':<20} | batch | size | ms/image | images/s | GFLOP/s |"
         print(header)
         print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
+        rng = np.random.default_rng(0)
         for size in args.sizes:
             for batch_size in args.batches:
-                batch = random_inputs(spec, batch_size, size)
+                batch = random_inputs(spec, batch_size, size, size, rng)
                 for name, runtime in runtimes.items():
                     seconds = measure(runtime, batch, args.seconds) / batch_size
                     print(

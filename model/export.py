@@ -46,15 +46,20 @@ def _parity_sizes(spec: GeneratorSpec) -> list[tuple[int, int]]:
     return [(multiple, 2 * multiple), (2 * multiple, multiple)]
 
 
+def random_inputs(spec: GeneratorSpec, count: int, height: int, width: int, rng) -> np.ndarray:
+    """Valid network inputs: uniform in [-1, 1], or random one-hot label maps."""
+    if spec.input_kind == "label_map" and spec.one_hot:
+        classes = rng.integers(0, spec.in_channels, (count, height, width))
+        return np.eye(spec.in_channels, dtype=np.float32)[classes].transpose(0, 3, 1, 2)
+    return rng.uniform(-1, 1, (count, spec.in_channels, height, width)).astype(np.float32)
+
+
 def check_parity(reference, exported, spec: GeneratorSpec, seed: int = 0) -> dict[str, float]:
     """Max abs difference between two runtimes on random inputs of two sizes."""
     rng = np.random.default_rng(seed)
     differences = {}
     for height, width in _parity_sizes(spec):
-        batch = rng.uniform(-1, 1, (2, spec.in_channels, height, width)).astype(np.float32)
-        if spec.input_kind == "label_map" and spec.one_hot:
-            classes = rng.integers(0, spec.in_channels, (2, height, width))
-            batch = np.eye(spec.in_channels, dtype=np.float32)[classes].transpose(0, 3, 1, 2)
+        batch = random_inputs(spec, 2, height, width, rng)
         difference = np.abs(reference(batch) - exported(batch)).max()
         differences[f"{height}x{width}"] = float(difference)
     return differences
