@@ -139,7 +139,8 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    logger.info("exported %s to %s (%d bytes); parity %s", format, out, size, parity)
+    check = f"int8 PSNR {fidelity:.1f} dB" if fidelity is not None else f"parity {parity}"
+    logger.info("exported %s to %s (%d bytes); %s", format, out, size, check)
     return ExportResult(out, format, parity, size, fidelity)
 
 

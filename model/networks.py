@@ -21,11 +21,13 @@ MATMUL_MAX_ROWS = 256
 
 
 def _matmul_allowed(module: nn.Module, x: torch.Tensor) -> bool:
-    """Only while training with autograd; inference, tracing and export keep the standard
-    operators, so exported graphs and runtimes are unchanged."""
+    """Only while training with autograd on the CPU (GPU convolution libraries handle small
+    maps well); inference, tracing and export keep the standard operators, so exported graphs
+    and runtimes are unchanged."""
     return (
         module.training
         and torch.is_grad_enabled()
+        and x.device.type == "cpu"
         and x.dim() == 4
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
