@@ -106,8 +106,9 @@ def export_model(
         reference = TorchRuntime(copy.deepcopy(generator), "cpu", channels_last=False)
         fidelity = None
         if int8:
-            fidelity = _export_int8(generator, spec, staging, reference, calibration, min_psnr)
-            exported = None
+            fidelity = _export_int8(
+                generator, spec, staging, reference, calibration, min_psnr, tolerance
+            )
         elif format == "safetensors":
             save_model_folder(staging, generator, spec, torch.float16 if half else None)
             exported = load_model(staging, runtime="torch", device="cpu").runtime
@@ -144,7 +145,9 @@ def export_model(
     return ExportResult(out, format, parity, size, fidelity)
 
 
-def _export_int8(generator, spec, staging: Path, reference, calibration, min_psnr) -> float:
+def _export_int8(
+    generator, spec, staging: Path, reference, calibration, min_psnr, tolerance
+) -> float:
     """fp32 inference graph (parity-checked) -> int8 ONNX (PSNR-checked) in ``staging``."""
     from model.quantize import check_fidelity, inference_graph, quantize_onnx, split_calibration
 
@@ -153,7 +156,7 @@ def _export_int8(generator, spec, staging: Path, reference, calibration, min_psn
     _export_onnx(inference_graph(generator), spec, fp32_path)
     rewritten = OnnxRuntime(fp32_path)
     worst = max(check_parity(reference, rewritten, spec).values())
-    if worst > 1e-4:
+    if worst > tolerance:
         raise CheckpointError(f"int8 graph rewrite differs from PyTorch by {worst:.2e}")
     del rewritten
     quantize_onnx(fp32_path, staging / GENERATOR_ONNX, calibrate)

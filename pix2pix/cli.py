@@ -191,15 +191,15 @@ def _calibration_inputs(args: argparse.Namespace):
     import numpy as np
     from PIL import Image
 
-    from model.checkpoint import load_generator
     from model.errors import CheckpointError, InputError
+    from model.folders import load_spec
     from model.processing import encode_input, prepare_input
     from model.translate import fit_to_training_size
     from training.config import load_config
     from training.datasets import PairedDataset, list_images
     from training.evaluate import data_config_for
 
-    _, spec = load_generator(args.source, "cpu")
+    spec = load_spec(args.source)
     root = args.calibration
     run_config = Path(args.source) / "config.toml"
     if root is None and run_config.is_file():
