@@ -137,3 +137,26 @@ def _counting(function, calls):
         return function(*args, **kwargs)
 
     return wrapper
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_channels_last_decoder_stays_channels_last_while_training(batch):
+    """Every decoder input (skip concatenated with the level below) keeps the model's
+    channels-last layout, also at batch 1, where a size-1 batch dimension's stride is free
+    and ``torch.cat`` used to fall back to NCHW for the whole decoder."""
+    generator = UNetGenerator(3, 3, num_downs=5, base_width=4).train()
+    generator = generator.to(memory_format=torch.channels_last)
+    layouts = []
+
+    def record(module, inputs):
+        x = inputs[0]
+        layouts.append((tuple(x.shape), x.stride()))
+
+    for block in [*generator.decoder[1:], generator.output[1]]:
+        block.register_forward_pre_hook(record)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    generator(x.requires_grad_()).sum().backward()
+    assert len(layouts) == 4
+    for shape, stride in layouts:
+        expected = torch.empty(shape).contiguous(memory_format=torch.channels_last).stride()
+        assert stride == expected, shape
