@@ -14,8 +14,8 @@ from model.spec import GeneratorArchitecture
 # feature maps oneDNN's strided and transposed convolutions reach a few GFLOP/s in the backward
 # pass, while the same product written as unfold/fold around one GEMM runs near the matmul
 # peak. Limits measured on the paper generator (bench/train.py, 2 CPU cores): a transposed
-# conv gains up to an 8x8 input at any batch size, a strided conv while the GEMM has at most
-# 256 rows (batch x output pixels).
+# conv gains up to an 8x8 input at any batch size, a strided conv up to an 8x8 output while
+# the GEMM has at most 256 rows (batch x output pixels).
 MATMUL_MAX_PIXELS = 64
 MATMUL_MAX_ROWS = 256
 
@@ -67,7 +67,7 @@ class DownConv(nn.Conv2d):
             return super().forward(x)
         batch, channels, height, width = x.shape
         rows, columns = height // 2, width // 2
-        if batch * rows * columns > MATMUL_MAX_ROWS:
+        if rows * columns > MATMUL_MAX_PIXELS or batch * rows * columns > MATMUL_MAX_ROWS:
             return super().forward(x)
         # Patches and weights both in (kh, kw, channel) order: for channels-last weights
         # the weight matrix is a view, and its gradient comes back in the weight's own layout.
