@@ -160,3 +160,85 @@ def test_channels_last_decoder_stays_channels_last_while_training(batch):
     for shape, stride in layouts:
         expected = torch.empty(shape).contiguous(memory_format=torch.channels_last).stride()
         assert stride == expected, shape
+
+
+def _gemm_layers(module):
+    """The layers that ran the GEMM path under autocast."""
+    return [m for m in module.modules() if "_gemm_copy" in m.__dict__]
+
+
+def _autocast_steps(generator, x, steps, monkeypatch, keep_buffers):
+    """Train steps under CPU bf16 autocast with fused Adam; the GEMM layers either keep their
+    cast and gradient buffers or leave the casts to autocast (the stock behaviour)."""
+    from training.optim import Adam
+
+    if not keep_buffers:
+        monkeypatch.setattr(networks._GemmLayer, "_gemm_weight", lambda self, x: self.weight)
+    optimizer = Adam(generator.parameters(), lr=1e-2, fused=True)
+    outputs, grads, pointers = [], [], []
+    for _ in range(steps):
+        networks.release_gradients(generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = generator(x)
+        y.float().square().mean().backward()
+        outputs.append(y.detach().float())
+        grads.append({name: p.grad.clone() for name, p in generator.named_parameters()})
+        pointers.append([layer.weight.grad.data_ptr() for layer in _gemm_layers(generator)])
+        optimizer.step()
+    monkeypatch.undo()
+    return outputs, grads, pointers
+
+
+def test_gemm_layers_reuse_buffers_with_autocast_results(monkeypatch):
+    """Under autocast the GEMM layers cast into a kept bf16 copy and write the gradient into
+    last step's released one: bit-identical to autocast's own casts, step after step (so
+    fused Adam's updates, which do not bump version counters, are always seen)."""
+    import copy
+
+    torch.manual_seed(0)
+    generator = UNetGenerator(3, 3, num_downs=5, base_width=8, dropout=False).train()
+    generator = generator.to(memory_format=torch.channels_last)
+    twin = copy.deepcopy(generator)
+    x = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    kept = _autocast_steps(generator, x, 3, monkeypatch, keep_buffers=True)
+    stock = _autocast_steps(twin, x, 3, monkeypatch, keep_buffers=False)
+    for step in range(3):
+        torch.testing.assert_close(kept[0][step], stock[0][step], rtol=0, atol=0)
+        for name, grad in stock[1][step].items():
+            torch.testing.assert_close(kept[1][step][name], grad, rtol=0, atol=0, msg=name)
+    assert kept[0][0].ne(kept[0][2]).any()  # the weights did change between steps
+    assert len(kept[2][0]) == 8  # every level with an 8x8-or-smaller map, both directions
+    assert kept[2][1] == kept[2][2]  # the same gradient memory, step after step
+
+
+def test_gemm_layer_buffers_never_overwrite_live_tensors(monkeypatch):
+    """A weight copy still saved by an earlier graph, or a released gradient someone still
+    holds, is left alone: the layer allocates instead."""
+    torch.manual_seed(0)
+    layer = networks.UpConv(16, 8, bias=False).train()
+    x = torch.randn(1, 16, 2, 2)
+
+    def run(update_between):
+        layer.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first = layer(x)
+            with torch.no_grad():
+                layer.weight.mul_(update_between)
+            second = layer(x)
+        (first.float().sum() + 2 * second.float().sum()).backward()
+        return layer.weight.grad.clone()
+
+    weight = layer.weight.detach().clone()
+    kept = run(-1.0)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    monkeypatch.setattr(networks._GemmLayer, "_gemm_weight", lambda self, x: self.weight)
+    torch.testing.assert_close(kept, run(-1.0), rtol=0, atol=0)
+    monkeypatch.undo()
+
+    held = layer.weight.grad
+    snapshot = held.clone()
+    networks.release_gradients(layer)
+    run(1.0)
+    torch.testing.assert_close(held, snapshot, rtol=0, atol=0)
+    assert layer.weight.grad.data_ptr() != held.data_ptr()

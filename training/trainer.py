@@ -37,7 +37,12 @@ from model.checkpoint import (
     state_dict_for_saving,
     write_checkpoint_folder,
 )
-from model.networks import PatchDiscriminator, build_generator, init_weights
+from model.networks import (
+    PatchDiscriminator,
+    build_generator,
+    init_weights,
+    release_gradients,
+)
 from model.processing import decode_output, input_preview
 from model.spec import SPEC_FILENAME, GeneratorSpec, write_text_atomic
 from training import distributed, optim
@@ -345,7 +350,7 @@ class Trainer:
             self.discriminator.requires_grad_(True)
             for _ in range(train.d_steps):
                 pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
-                self.optimizer_d.zero_grad(set_to_none=True)
+                release_gradients(self.discriminator)
                 with self.autocast():
                     logits_fake = self.discriminator_step(pool_a, pool_fake)
                     logits_real = self.discriminator_step(real_a, real_b)
@@ -358,7 +363,7 @@ class Trainer:
             accuracy_fake = (logits_fake.detach().float() <= threshold).float().mean()
 
         # Generator: fool the (frozen) discriminator and stay close to B in L1.
-        self.optimizer_g.zero_grad(set_to_none=True)
+        release_gradients(self.generator)
         loss_g_gan = zero
         if adversarial:
             self.discriminator.requires_grad_(False)
