@@ -386,7 +386,7 @@ def main() -> None:
         "--precisions", nargs="+", default=None, help="default: fp32 bf16 (+fp16 on CUDA)"
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--data-batch", type=int, default=16, help="0 skips the loop")
     parser.add_argument("--data-steps", type=int, default=4)
