@@ -7,6 +7,7 @@ import sys
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional
 
 from model.spec import GeneratorArchitecture
@@ -58,6 +59,7 @@ class _CastWeight(torch.autograd.Function):
         return copy.as_strided(copy.size(), copy.stride())
 
     @staticmethod
+    @once_differentiable  # the gradient is written with copy_: no double backward through it
     def backward(ctx, grad: torch.Tensor):
         return ctx.layer._weight_gradient(grad), None, None
 
