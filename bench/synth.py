@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.synth import render_scene, scene_seed, write_synthetic_dataset  # noqa: E402
+from training.data.synth import render_scene, scene_seed, write_synthetic_dataset  # noqa: E402
 
 
 def pin_to_one_core() -> str:

@@ -42,8 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.networks import PatchDiscriminator, init_weights
 from training.config import load_config
-from training.synth import write_synthetic_dataset
-from training.trainer import Trainer
+from training.data.synth import write_synthetic_dataset
+from training.loop.trainer import Trainer
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H200": 989.0}

@@ -63,7 +63,7 @@ def command_train(args: argparse.Namespace, extra: list[str]) -> int:
     import os
 
     from training.config import load_config, set_value
-    from training.trainer import load_run_config, train
+    from training.loop.trainer import load_run_config, train
 
     if args.nproc > 1 and "RANK" not in os.environ:
         return launch_processes(args, extra)
@@ -133,7 +133,7 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_data_synth(args: argparse.Namespace, extra: list[str]) -> int:
-    from training.synth import write_synthetic_dataset
+    from training.data.synth import write_synthetic_dataset
 
     summary = write_synthetic_dataset(
         args.out, n=args.n, size=args.size, seed=args.seed, task=args.task, progress=not args.quiet
@@ -143,7 +143,7 @@ def command_data_synth(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_data_download(args: argparse.Namespace, extra: list[str]) -> int:
-    from training.download import download_dataset
+    from training.data.download import download_dataset
 
     path = download_dataset(
         args.name, args.root, base_url=args.mirror, progress=not args.quiet, force=args.force
@@ -153,7 +153,7 @@ def command_data_download(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_data_combine(args: argparse.Namespace, extra: list[str]) -> int:
-    from training.combine import combine_folders
+    from training.data.combine import combine_folders
 
     summary = combine_folders(args.a_dir, args.b_dir, args.out, progress=not args.quiet)
     print(f"combined pairs into {args.out}: {summary}")
@@ -162,9 +162,14 @@ def command_data_combine(args: argparse.Namespace, extra: list[str]) -> int:
 
 def command_export(args: argparse.Namespace, extra: list[str]) -> int:
     from model.export import export_model
+    from training.data.calibration import calibration_inputs
 
     out = Path(args.out) if args.out else Path("models") / Path(args.source).name
-    calibration = _calibration_inputs(args) if args.int8 else None
+    calibration = (
+        calibration_inputs(args.source, args.calibration, args.calibration_images)
+        if args.int8
+        else None
+    )
     result = export_model(
         args.source,
         out,
@@ -182,52 +187,6 @@ def command_export(args: argparse.Namespace, extra: list[str]) -> int:
         check = f"max abs difference vs PyTorch: {parity or 'not checked (train-mode inference)'}"
     print(f"exported {args.format} to {result.folder} ({result.bytes / 1e6:.1f} MB); {check}")
     return 0
-
-
-def _calibration_inputs(args: argparse.Namespace):
-    """Network inputs for int8 calibration: the first ``--calibration-images`` of a dataset's
-    train (else val, test) split, or of a folder of input images; by default the dataset the
-    run was trained on."""
-    import numpy as np
-    from PIL import Image
-
-    from model.errors import CheckpointError, InputError
-    from model.folders import load_spec
-    from model.processing import encode_input, prepare_input
-    from model.translate import fit_to_training_size
-    from training.config import load_config
-    from training.datasets import PairedDataset, list_images
-    from training.evaluate import data_config_for
-
-    spec = load_spec(args.source)
-    root = args.calibration
-    run_config = Path(args.source) / "config.toml"
-    if root is None and run_config.is_file():
-        root = load_config(run_config).data.root
-    if root is None:
-        raise CheckpointError(
-            "--int8 needs calibration images: --calibration DIR (a dataset root or a folder of "
-            "input images)"
-        )
-    root, count = Path(root), args.calibration_images
-    splits = [split for split in ("train", "val", "test") if (root / split).is_dir()]
-    if splits:
-        dataset = PairedDataset(data_config_for(spec, root, splits[0]), splits[0], spec, False)
-        items = [dataset[index]["A"].numpy() for index in range(min(count, len(dataset)))]
-        return np.stack(items) if items else np.zeros((0, spec.in_channels, 1, 1), np.float32)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: calibration folder not found")
-    arrays = []
-    for path in list_images(root)[:count]:
-        try:
-            with Image.open(path) as image:
-                array = encode_input(prepare_input(image, spec), spec)
-        except (OSError, InputError) as error:
-            raise CheckpointError(f"{path}: cannot use it for calibration ({error})") from error
-        arrays.append(fit_to_training_size(array[None], spec)[0])
-    if not arrays:
-        raise CheckpointError(f"{root}: no images to calibrate on")
-    return np.stack(arrays)
 
 
 def command_import_reference(args: argparse.Namespace, extra: list[str]) -> int:
@@ -289,7 +248,7 @@ def evaluation_options(args: argparse.Namespace) -> dict:
 
 
 def print_evaluations(evaluations: list, page: Path) -> None:
-    from training.report import format_table
+    from training.evaluation.report import format_table
 
     print(format_table(evaluations))
     for note in sorted({note for evaluation in evaluations for note in evaluation.notes}):
@@ -304,8 +263,8 @@ def print_evaluations(evaluations: list, page: Path) -> None:
 
 
 def command_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from training.evaluate import evaluate_model
-    from training.report import write_report
+    from training.evaluation.evaluate import evaluate_model
+    from training.evaluation.report import write_report
 
     evaluation = evaluate_model(args.model, args.data, args.split, **evaluation_options(args))
     print_evaluations([evaluation], write_report([evaluation], args.out))
@@ -313,8 +272,8 @@ def command_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_compare(args: argparse.Namespace, extra: list[str]) -> int:
-    from training.evaluate import evaluate_models
-    from training.report import write_report
+    from training.evaluation.evaluate import evaluate_models
+    from training.evaluation.report import write_report
 
     if len(args.models) < 2:
         raise UsageError("compare needs at least two models")
@@ -330,7 +289,7 @@ def command_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
 def command_segmenter_train(args: argparse.Namespace, extra: list[str]) -> int:
     from model.runtime import resolve_device
-    from training.segmenter import (
+    from training.evaluation.segmenter import (
         DEFAULT_FOLDER,
         first_image_size,
         segmentation_data_config,

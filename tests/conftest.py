@@ -83,7 +83,7 @@ def label_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def synth_labels(tmp_path_factory) -> Path:
     """The built-in synthetic landscapes at 64 px (shared, read-only)."""
-    from training.synth import write_synthetic_dataset
+    from training.data.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synth") / "labels"
     write_synthetic_dataset(root, n=40, size=64, seed=3, task="labels")
@@ -92,7 +92,7 @@ def synth_labels(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_color(tmp_path_factory) -> Path:
-    from training.synth import write_synthetic_dataset
+    from training.data.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synth") / "color"
     write_synthetic_dataset(root, n=12, size=64, seed=4, task="color")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
-from training.combine import combine_folders
-from training.download import check_aligned_layout
+from training.data.combine import combine_folders
+from training.data.download import check_aligned_layout
 from training.errors import DataError
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import PALETTE, palette_image, tiny_config, write_label_dataset
 from training.config import set_value
-from training.datasets import PairedDataset, make_spec
+from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from model.checkpoint import latest_checkpoint
 from tests.conftest import tiny_config, write_label_dataset
-from training.trainer import EpochSampler, Trainer
+from training.loop.trainer import EpochSampler, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"data.input_kind": "label_map"}
@@ -33,8 +33,8 @@ WORKER = textwrap.dedent(
     import os, sys, tomllib
     from safetensors.torch import save_file
     from training.config import config_from_dict
-    from training.distributed import teardown
-    from training.trainer import Trainer
+    from training.loop.distributed import teardown
+    from training.loop.trainer import Trainer
 
     def load(path):
         return config_from_dict(tomllib.loads(open(path).read()))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.download import DATASETS, check_aligned_layout, download_dataset
+from training.data.download import DATASETS, check_aligned_layout, download_dataset
 from training.errors import DataError
 
 

@@ -14,16 +14,17 @@ from model.checkpoint import CHECKPOINTS_DIR, publish_latest, save_model_folder
 from model.networks import build_generator, init_weights
 from model.spec import GeneratorArchitecture, GeneratorSpec
 from pix2pix.cli import main
+from training.data.datasets import data_config_for
+from training.data.synth import LANDSCAPE_PALETTE
 from training.errors import DataError
-from training.evaluate import data_config_for, evaluate_model, evaluate_models
-from training.report import write_report
-from training.segmenter import (
+from training.evaluation.evaluate import evaluate_model, evaluate_models
+from training.evaluation.report import write_report
+from training.evaluation.segmenter import (
     Segmenter,
     score_real_photos,
     segmentation_data_config,
     train_segmenter,
 )
-from training.synth import LANDSCAPE_PALETTE
 
 ARCHITECTURE = GeneratorArchitecture(num_downs=3, base_width=4, norm="batch", dropout=True)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from training import metrics
+from training.evaluation import metrics
 
 
 def gray(values) -> torch.Tensor:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from training.monitor import (
+from training.loop.monitor import (
     COLLAPSED,
     OK,
     WINNING,
@@ -56,7 +56,7 @@ def test_the_record_gains_mean_accuracy_and_the_loss_balance():
 
 def test_a_sustained_win_warns_once(caplog):
     monitor = TrainingMonitor(MonitorSettings(patience=3))
-    with caplog.at_level(logging.WARNING, logger="training.monitor"):
+    with caplog.at_level(logging.WARNING, logger="training.loop.monitor"):
         states = [f["D_state"] for f in feed(monitor, [(0.99, 0.98)] * 6)]
     assert states == [OK, OK, WINNING, WINNING, WINNING, WINNING]
     assert len(monitor.warnings) == 1
@@ -139,7 +139,7 @@ def test_trainer_stops_early_and_records_the_discriminator_state(tmp_path):
     import json
 
     from tests.conftest import tiny_config, write_label_dataset
-    from training.trainer import Trainer
+    from training.loop.trainer import Trainer
 
     root = write_label_dataset(tmp_path / "data")
     config = tiny_config(

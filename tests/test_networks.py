@@ -170,7 +170,7 @@ def _gemm_layers(module):
 def _autocast_steps(generator, x, steps, monkeypatch, keep_buffers):
     """Train steps under CPU bf16 autocast with fused Adam; the GEMM layers either keep their
     cast and gradient buffers or leave the casts to autocast (the stock behaviour)."""
-    from training.optim import Adam
+    from training.loop.optim import Adam
 
     if not keep_buffers:
         monkeypatch.setattr(networks._GemmLayer, "_gemm_weight", lambda self, x: self.weight)

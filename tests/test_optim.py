@@ -1,9 +1,9 @@
-"""training.optim.Adam: torch's fused Adam without copies of channels-last tensors."""
+"""training.loop.optim.Adam: torch's fused Adam without copies of channels-last tensors."""
 
 import pytest
 import torch
 
-from training.optim import Adam
+from training.loop.optim import Adam
 
 
 def _model(seed: int) -> torch.nn.Module:

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from model.checkpoint import load_generator
 from model.errors import CheckpointError
 from tests.conftest import LiveServer, tiny_config, write_label_dataset
-from training.trainer import Trainer
+from training.loop.trainer import Trainer
 
 
 def png(height: int = 24, width: int = 24, seed: int = 0) -> bytes:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.errors import DataError
-from training.synth import (
+from training.data.synth import (
     GRASS,
     LANDSCAPE_PALETTE,
     SKY,
@@ -17,6 +16,7 @@ from training.synth import (
     scene_seed,
     write_synthetic_dataset,
 )
+from training.errors import DataError
 
 SIZE = 64
 

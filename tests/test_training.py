@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from model.checkpoint import latest_checkpoint, load_generator
 from model.translate import Translator
 from tests.conftest import tiny_config, write_label_dataset
-from training.datasets import PairedDataset
+from training.data.datasets import PairedDataset
 from training.errors import TrainingError
-from training.trainer import Trainer, load_run_config
+from training.loop.trainer import Trainer, load_run_config
 
 LABELS = {"data.input_kind": "label_map"}
 

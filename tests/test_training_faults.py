@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from model.checkpoint import latest_checkpoint, load_generator
 from model.errors import CheckpointError
 from tests.conftest import tiny_config, write_label_dataset
-from training.trainer import Trainer
+from training.loop.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKED_TRAIN = ROOT / "reliability" / "marked_train.py"

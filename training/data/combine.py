@@ -1,7 +1,7 @@
 """Build the aligned A|B dataset format from a folder of inputs and a folder of targets.
 
 Files pair by stem (`0001.png` in A with `0001.jpg` in B) and each pair is written as one PNG
-with A on the left and B on the right, the format `training.download` fetches and checks.
+with A on the left and B on the right, the format `training.data.download` fetches and checks.
 """
 
 import logging
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from training.download import IMAGE_EXTENSIONS
+from training.data.download import IMAGE_EXTENSIONS
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Evaluation reports: ``metrics.json``, figures drawn with matplotlib, and a self-contained page.
 
-``write_report`` takes one or more :class:`training.evaluate.Evaluation` results (one for
+``write_report`` takes one or more :class:`training.evaluation.evaluate.Evaluation` results (one for
 ``pix2pix evaluate``, several side by side for ``pix2pix compare``) and writes into one folder:
 
 - ``metrics.json``: every number, per model;
@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from model.spec import write_text_atomic
-from training.evaluate import Evaluation
+from training.evaluation.evaluate import Evaluation
 
 # Display name and which way is better, in table order.
 METRICS: dict[str, tuple[str, str]] = {

@@ -45,12 +45,12 @@ from model.networks import (
 )
 from model.processing import decode_output, input_preview
 from model.spec import SPEC_FILENAME, GeneratorSpec, write_text_atomic
-from training import distributed, optim
 from training.config import Config, ConfigError, config_from_dict
-from training.datasets import PairedDataset, make_spec
+from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
-from training.losses import GANLoss, HistoryPool
-from training.monitor import MonitorSettings, TrainingMonitor
+from training.loop import distributed, optim
+from training.loop.losses import GANLoss, HistoryPool
+from training.loop.monitor import MonitorSettings, TrainingMonitor
 
 logger = logging.getLogger(__name__)
 

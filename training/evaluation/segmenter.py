@@ -33,7 +33,7 @@ from model.networks import UNetGenerator, init_weights
 from model.processing import encode_target
 from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass, write_text_atomic
 from training.config import DataConfig
-from training.datasets import PairedDataset, load_palette
+from training.data.datasets import PairedDataset, load_palette
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def segmentation_data_config(
 
 def first_image_size(config: DataConfig) -> int:
     """The height of the first training pair's photo: the default segmenter size."""
-    from training.datasets import discover_pairs
+    from training.data.datasets import discover_pairs
 
     pair = discover_pairs(config, "train")[0]
     with Image.open(pair.b_path or pair.a_path) as image:
@@ -318,7 +318,7 @@ def train_segmenter(
 
 def score_real_photos(segmenter: Segmenter, data: DataConfig, split: str):
     """The segmenter's scores on a split's real photos (the FCN-score's upper bound)."""
-    from training.metrics import confusion_matrix, segmentation_scores
+    from training.evaluation.metrics import confusion_matrix, segmentation_scores
 
     pairs = PairedDataset(data, split, _photo_spec(segmenter.spec.palette, data.crop_size), False)
     lookup = np.zeros(256, dtype=np.int64)

@@ -32,11 +32,10 @@ from model.folders import load_spec, resolve_model_folder
 from model.processing import decode_output, encode_input, input_preview
 from model.spec import GeneratorSpec
 from model.translate import Translator
-from training import metrics
-from training.config import DataConfig
-from training.datasets import PairedDataset
+from training.data.datasets import PairedDataset, data_config_for
 from training.errors import DataError
-from training.segmenter import DEFAULT_FOLDER, Segmenter
+from training.evaluation import metrics
+from training.evaluation.segmenter import DEFAULT_FOLDER, Segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -90,38 +89,6 @@ def _finite_or_none(value: float) -> float | None:
 
 def is_colorization(spec: GeneratorSpec) -> bool:
     return spec.input_kind == "grayscale" and spec.out_channels in (2, 3)
-
-
-def data_config_for(spec: GeneratorSpec, root: str | Path, split: str) -> DataConfig:
-    """A DataConfig that reads ``root`` the way the model was trained, at its training size.
-
-    The layout is read from the folder: ``<split>/A`` and ``<split>/B`` mean folders; photos
-    directly in ``<split>/`` mean colorization for grayscale models and aligned pairs otherwise.
-    """
-    root = Path(root)
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: split folder not found")
-    if (split_dir / "A").is_dir():
-        layout = "folders"
-    elif spec.input_kind == "grayscale":
-        layout = "colorization"
-    else:
-        layout = "aligned"
-    config = DataConfig(
-        root=str(root),
-        layout=layout,
-        direction=spec.direction,
-        input_kind=spec.input_kind,
-        one_hot=spec.one_hot,
-        color_space=spec.color_space,
-        load_size=spec.train_size,
-        crop_size=spec.train_size,
-        num_workers=0,
-        flip=False,
-    )
-    config.validate()
-    return config
 
 
 def find_training_log(model: str | Path) -> Path | None:

@@ -30,7 +30,7 @@ from model.processing import (
     prepare_target,
 )
 from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass, SpecError
-from training.augment import build_transform
+from training.data.augment import build_transform
 from training.config import Config, DataConfig
 from training.errors import DataError
 
@@ -299,3 +299,35 @@ class PairedDataset(Dataset):
 
     def _sample_seed(self, index: int) -> int:
         return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+
+
+def data_config_for(spec: GeneratorSpec, root: str | Path, split: str) -> DataConfig:
+    """A DataConfig that reads ``root`` the way the model was trained, at its training size.
+
+    The layout is read from the folder: ``<split>/A`` and ``<split>/B`` mean folders; photos
+    directly in ``<split>/`` mean colorization for grayscale models and aligned pairs otherwise.
+    """
+    root = Path(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: split folder not found")
+    if (split_dir / "A").is_dir():
+        layout = "folders"
+    elif spec.input_kind == "grayscale":
+        layout = "colorization"
+    else:
+        layout = "aligned"
+    config = DataConfig(
+        root=str(root),
+        layout=layout,
+        direction=spec.direction,
+        input_kind=spec.input_kind,
+        one_hot=spec.one_hot,
+        color_space=spec.color_space,
+        load_size=spec.train_size,
+        crop_size=spec.train_size,
+        num_workers=0,
+        flip=False,
+    )
+    config.validate()
+    return config

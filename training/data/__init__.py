@@ -1,0 +1,1 @@
+"""Making data: paired datasets, augmentation, the synthetic set, download and combine."""

@@ -1,0 +1,49 @@
+"""Network inputs for int8 calibration, read from a dataset or a folder of input images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from model.errors import CheckpointError, InputError
+from model.folders import load_spec
+from model.processing import encode_input, prepare_input
+from model.translate import fit_to_training_size
+from training.config import load_config
+from training.data.datasets import PairedDataset, data_config_for, list_images
+
+
+def calibration_inputs(source: str | Path, root: str | Path | None, count: int) -> np.ndarray:
+    """The first ``count`` inputs of a dataset's train (else val, test) split, or of a folder of
+    input images, prepared by the spec of the model at ``source``; by default the dataset the
+    run at ``source`` was trained on."""
+    spec = load_spec(source)
+    run_config = Path(source) / "config.toml"
+    if root is None and run_config.is_file():
+        root = load_config(run_config).data.root
+    if root is None:
+        raise CheckpointError(
+            "--int8 needs calibration images: --calibration DIR (a dataset root or a folder of "
+            "input images)"
+        )
+    root = Path(root)
+    splits = [split for split in ("train", "val", "test") if (root / split).is_dir()]
+    if splits:
+        dataset = PairedDataset(data_config_for(spec, root, splits[0]), splits[0], spec, False)
+        items = [dataset[index]["A"].numpy() for index in range(min(count, len(dataset)))]
+        return np.stack(items) if items else np.zeros((0, spec.in_channels, 1, 1), np.float32)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: calibration folder not found")
+    arrays = []
+    for path in list_images(root)[:count]:
+        try:
+            with Image.open(path) as image:
+                array = encode_input(prepare_input(image, spec), spec)
+        except (OSError, InputError) as error:
+            raise CheckpointError(f"{path}: cannot use it for calibration ({error})") from error
+        arrays.append(fit_to_training_size(array[None], spec)[0])
+    if not arrays:
+        raise CheckpointError(f"{root}: no images to calibrate on")
+    return np.stack(arrays)

@@ -1,0 +1,1 @@
+"""Judging a generator: metrics, the FCN-score segmenter, evaluation runs and reports."""
