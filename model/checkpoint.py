@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.errors import CheckpointError
+from model.files import make_readable, write_atomic, write_text_atomic
 from model.folders import (
     CHECKPOINTS_DIR,
     GENERATOR_WEIGHTS,
@@ -28,7 +29,7 @@ from model.folders import (
     resolve_model_folder,
 )
 from model.networks import build_generator
-from model.spec import SPEC_FILENAME, GeneratorSpec, make_readable, write_text_atomic
+from model.spec import SPEC_FILENAME, GeneratorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +45,9 @@ __all__ = [
 
 
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
-    """safetensors file via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-        save_file(contiguous, temp_name, metadata=metadata)
-        with open(temp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        make_readable(Path(temp_name))
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Write a safetensors file atomically."""
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    write_atomic(path, lambda temp: save_file(contiguous, str(temp), metadata=metadata))
 
 
 def state_dict_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -21,9 +21,10 @@ import torch
 
 from model.checkpoint import load_generator, save_model_folder
 from model.errors import CheckpointError
+from model.files import make_readable
 from model.folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
 from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime, load_model
-from model.spec import SPEC_FILENAME, GeneratorSpec, make_readable
+from model.spec import SPEC_FILENAME, GeneratorSpec
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,12 @@ padding multiple, and whether dropout/normalization run in train or eval mode at
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from model.errors import SpecError
+from model.files import write_text_atomic
 
 SPEC_VERSION = 1
 SPEC_FILENAME = "spec.json"
@@ -28,6 +27,7 @@ INPUT_KINDS = ("photo", "grayscale", "label_map")
 COLOR_SPACES = ("rgb", "lab")
 NORM_KINDS = ("batch", "instance", "none")
 INFERENCE_MODES = ("eval", "train")
+DIRECTIONS = ("AtoB", "BtoA")
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,8 @@ class GeneratorSpec:
             raise SpecError(f"a grayscale generator takes 1 channel, not {self.in_channels}")
         if self.pad_multiple < 1:
             raise SpecError(f"pad_multiple must be positive, got {self.pad_multiple}")
-        if self.direction not in ("AtoB", "BtoA"):
-            raise SpecError(f"direction must be AtoB or BtoA, got {self.direction!r}")
+        if self.direction not in DIRECTIONS:
+            raise SpecError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
 
     # -- serialization ---------------------------------------------------------------------
 
@@ -219,30 +219,3 @@ class GeneratorSpec:
     def class_index(self) -> dict[int, int]:
         """Map palette class id -> channel position (ids need not be contiguous)."""
         return {c.id: position for position, c in enumerate(self.palette)}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        make_readable(Path(temp_name))
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def make_readable(path: Path) -> None:
-    """Give a temp file or folder the permissions a normal one would get (umask applies).
-
-    mkstemp/mkdtemp create them private to the owner, which would keep, say, a non-root
-    service in a container from reading a model folder.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)

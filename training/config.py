@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.spec import COLOR_SPACES, DIRECTIONS, INFERENCE_MODES, INPUT_KINDS, NORM_KINDS
+
 
 class ConfigError(ValueError):
     """A configuration file or flag is invalid; the message names the key and the problem."""
@@ -45,9 +47,9 @@ class DataConfig:
 
     def validate(self) -> None:
         _choice("data.layout", self.layout, ("aligned", "folders", "colorization"))
-        _choice("data.direction", self.direction, ("AtoB", "BtoA"))
-        _choice("data.input_kind", self.input_kind, ("photo", "grayscale", "label_map"))
-        _choice("data.color_space", self.color_space, ("lab", "rgb"))
+        _choice("data.direction", self.direction, DIRECTIONS)
+        _choice("data.input_kind", self.input_kind, INPUT_KINDS)
+        _choice("data.color_space", self.color_space, COLOR_SPACES)
         _choice("data.preprocess", self.preprocess, ("resize_and_crop", "crop", "resize"))
         if self.layout == "colorization" and self.input_kind != "grayscale":
             raise ConfigError("data.layout = 'colorization' needs data.input_kind = 'grayscale'")
@@ -69,8 +71,8 @@ class GeneratorConfig:
     inference_mode: str = "eval"
 
     def validate(self) -> None:
-        _choice("generator.norm", self.norm, ("batch", "instance", "none"))
-        _choice("generator.inference_mode", self.inference_mode, ("eval", "train"))
+        _choice("generator.norm", self.norm, NORM_KINDS)
+        _choice("generator.inference_mode", self.inference_mode, INFERENCE_MODES)
         if not 1 <= self.num_downs <= 10:
             raise ConfigError(f"generator.num_downs must be 1..10, got {self.num_downs}")
         _positive("generator.base_width", self.base_width)
@@ -83,7 +85,7 @@ class DiscriminatorConfig:
     norm: str = "batch"
 
     def validate(self) -> None:
-        _choice("discriminator.norm", self.norm, ("batch", "instance", "none"))
+        _choice("discriminator.norm", self.norm, NORM_KINDS)
         if not 0 <= self.n_layers <= 8:
             raise ConfigError(f"discriminator.n_layers must be 0..8, got {self.n_layers}")
         _positive("discriminator.base_width", self.base_width)

@@ -15,8 +15,6 @@ import functools
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -26,7 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.spec import LabelClass, write_text_atomic
+from model.files import write_atomic, write_text_atomic
+from model.spec import LabelClass
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -866,15 +865,8 @@ def render_scene(seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _save_png_atomic(image: Image.Image, path: Path) -> None:
-    """Write a PNG under a hidden temp name, then rename: a killed run leaves no half file."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", **PNG_OPTIONS)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """A killed run leaves no half-written PNG that would pass for a finished image."""
+    write_atomic(path, lambda temp: image.save(temp, format="PNG", **PNG_OPTIONS), sync=False)
 
 
 def _split_counts(n: int, splits: tuple[float, float, float]) -> tuple[int, int, int]:

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from model.spec import write_text_atomic
+from model.files import write_text_atomic
 from training.evaluation.evaluate import Evaluation
 
 # Display name and which way is better, in table order.
@@ -34,6 +34,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "ssim": ("SSIM", "higher"),
     "sharpness_ratio": ("Sharpness ratio (gradient)", "closer to 1"),
     "laplacian_ratio": ("Sharpness ratio (Laplacian var.)", "closer to 1"),
+    "checkerboard": ("Checkerboard vs targets (dB)", "closer to 0"),
+    "blob_rate": ("Outputs with a white blob", "lower"),
     "psnr_ab": ("PSNR ab (dB)", "higher"),
     "colorfulness_output": ("Colorfulness of outputs", "closer to targets"),
     "colorfulness_target": ("Colorfulness of targets", "reference"),
@@ -326,6 +328,4 @@ def write_report(evaluations: list[Evaluation], out: str | Path, title: str | No
     write_text_atomic(out / "table.md", markdown_table(evaluations))
     page = out / "index.html"
     write_text_atomic(page, render_html(evaluations, figures, title))
-    for name in ("metrics.json", "table.md", "index.html"):
-        (out / name).chmod(0o644)  # atomic writes start private; a report is for reading
     return page

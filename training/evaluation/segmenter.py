@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.checkpoint import save_tensors_atomic
+from model.files import write_text_atomic
 from model.networks import UNetGenerator, init_weights
 from model.processing import encode_target
-from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass, write_text_atomic
+from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass
 from training.config import DataConfig
 from training.data.datasets import PairedDataset, load_palette
 from training.errors import DataError

@@ -37,6 +37,7 @@ from model.checkpoint import (
     state_dict_for_saving,
     write_checkpoint_folder,
 )
+from model.files import write_text_atomic
 from model.networks import (
     PatchDiscriminator,
     build_generator,
@@ -44,7 +45,7 @@ from model.networks import (
     release_gradients,
 )
 from model.processing import decode_output, input_preview
-from model.spec import SPEC_FILENAME, GeneratorSpec, write_text_atomic
+from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.config import Config, ConfigError, config_from_dict
 from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
