@@ -9,11 +9,16 @@ so a serving install with ONNX Runtime needs no torch.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageOps
 
 from model.errors import InputError
 from model.spec import GeneratorSpec
+
+# What is read as an image wherever the project looks through a folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 # Lab scaling: L in [0, 100] and ab roughly in [-110, 110] map to [-1, 1].
 L_SCALE = 50.0
@@ -63,20 +68,46 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 # -- decoded image -> canonical array ---------------------------------------------------------
 
 
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), sorted by name.
+
+    Hidden files are skipped: ``._photo.png`` is macOS metadata, not an image.
+    """
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.name.startswith(".")
+    )
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparency is composited onto white, 16-bit is scaled down."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    """Any PIL mode -> RGB: the one conversion that training, serving and ``data combine`` share.
+
+    Transparent pixels are composited onto white. 16-bit images (``I;16``) are scaled from
+    their full range; 32-bit integer images (``I``) count as 16-bit if any value exceeds 255
+    and as 8-bit otherwise; float images (``F``) as 0..1. CMYK and palettes convert as Pillow
+    converts them.
+    """
+    if image.mode.startswith("I;16"):
+        # A fixed scale, not the image's peak: the frames of a 16-bit sequence stay comparable.
+        image = _eight_bit(np.asarray(image), 65535.0)
+    elif image.mode == "I":
+        array = np.asarray(image)
+        image = _eight_bit(array, 65535.0 if array.max(initial=0) > 255 else 255.0)
+    elif image.mode == "F":
+        image = _eight_bit(np.asarray(image), 1.0)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+def _eight_bit(values: np.ndarray, full_scale: float) -> Image.Image:
+    scaled = values.astype(np.float64) / full_scale * 255.0 + 0.5
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
 
 
 def label_ids_from_image(image: Image.Image, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:

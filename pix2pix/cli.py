@@ -96,40 +96,106 @@ def command_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def translation_targets(items: list[str], out: Path, suffix: str) -> list[tuple[Path, Path]]:
+    """(image, output) pairs: a folder's images, found through its sub-folders, keep their
+    place under ``out``; an image named on its own goes straight into ``out``."""
+    from model.processing import list_images
+
+    pairs: list[tuple[Path, Path]] = []
+    for item in items:
+        path = Path(item)
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or directory")
+        if path.is_file():
+            pairs.append((path, out / f"{path.stem}{suffix}"))
+            continue
+        for folder in [path, *sorted(p for p in path.rglob("*") if p.is_dir())]:
+            hidden = any(part.startswith(".") for part in folder.relative_to(path).parts)
+            # A rerun must not translate the outputs of the last one.
+            inside_out = folder.resolve().is_relative_to(out.resolve())
+            if not hidden and not inside_out:
+                pairs += [
+                    (image, out / image.relative_to(path).with_suffix(suffix))
+                    for image in list_images(folder)
+                ]
+    if not pairs:
+        raise UsageError("no input images found")
+    sources: dict[Path, Path] = {}
+    for image, target in pairs:
+        if target in sources:
+            raise UsageError(f"{sources[target]} and {image} would both be written to {target}")
+        sources[target] = image
+    return pairs
+
+
 def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
     from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
 
     from model.errors import InputError
+    from model.plan import TILE_OVERLAP, TILE_SIZE
+    from model.processing import prepare_input
     from model.translate import Translator
 
-    translator = Translator.load(args.model, runtime=args.runtime, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    inputs = []
-    for item in args.inputs:
-        path = Path(item)
-        if path.is_dir():
-            inputs += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            inputs.append(path)
-        else:
-            raise UsageError(f"{path}: no such file or directory")
-    if not inputs:
-        raise UsageError("no input images found")
-    failures = 0
-    for path in inputs:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                result = translator.translate(image, resize=args.resize, tolerance=args.tolerance)
-        except (UnidentifiedImageError, OSError, InputError) as error:
-            print(f"{path}: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        target = out / f"{path.stem}.{args.format}"
-        result.save(target)
-        print(f"{path} -> {target} ({result.width}x{result.height})")
-    return EXIT_FAILURE if failures else 0
+    tile_size = TILE_SIZE if args.tile_size is None else args.tile_size
+    tile_overlap = TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    if args.batch_size < 1 or tile_size < 0 or tile_overlap < 0:
+        raise UsageError("--batch-size must be at least 1; tile sizes cannot be negative")
+    translator = Translator.load(
+        args.model,
+        runtime=args.runtime,
+        device=args.device,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        batch_size=args.batch_size,
+    )
+    pairs = translation_targets(args.inputs, Path(args.out), f".{args.format}")
+    failed: list[Path] = []
+    waiting: dict[tuple[int, ...], list] = {}  # decoded inputs by size, until a batch is full
+
+    def report(path: Path, problem) -> None:
+        tqdm.write(f"{path}: {problem}", file=sys.stderr)
+        failed.append(path)
+
+    def run(group: list) -> None:
+        outputs = translator.translate_arrays([array for _, _, array in group], args.resize)
+        for (source, target, _), output in zip(group, outputs, strict=True):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(output).save(target)
+            except OSError as error:
+                report(source, f"cannot write {target}: {error}")
+        bar.update(len(group))
+
+    def run_waiting() -> None:
+        for group in waiting.values():
+            run(group)
+        waiting.clear()
+
+    unreadable = (UnidentifiedImageError, OSError, InputError, Image.DecompressionBombError)
+    with tqdm(total=len(pairs), desc="translate", unit="image", disable=args.quiet) as bar:
+        for source, target in pairs:
+            try:
+                with Image.open(source) as image:
+                    array = prepare_input(image, translator.spec, args.tolerance)
+            except unreadable as error:
+                report(source, error)
+                bar.update()
+                continue
+            if tile_size and max(array.shape[:2]) > tile_size:
+                run([(source, target, array)])  # its own tiles fill the batches
+                continue
+            group = waiting.setdefault(array.shape, [])
+            group.append((source, target, array))
+            if len(group) == args.batch_size:
+                run(waiting.pop(array.shape))
+            elif sum(map(len, waiting.values())) > 4 * args.batch_size:
+                run_waiting()  # many different sizes: bound the memory they hold
+        run_waiting()
+    print(f"translated {len(pairs) - len(failed)} of {len(pairs)} images into {args.out}")
+    if failed:
+        print(f"{len(failed)} failed: {', '.join(map(str, failed))}", file=sys.stderr)
+    return EXIT_FAILURE if failed else 0
 
 
 def command_data_synth(args: argparse.Namespace, extra: list[str]) -> int:
@@ -327,9 +393,6 @@ def command_segmenter_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
 # -- parser -------------------------------------------------------------------------------------
 
 
@@ -373,10 +436,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="pad: keep the size (pad to the network multiple); fit: resize to the training size",
     )
     translate.add_argument("--tolerance", type=int, default=0, help="label-color tolerance")
+    translate.add_argument(
+        "--batch-size", type=int, default=8, help="images of one size, or tiles, run together"
+    )
+    translate.add_argument(
+        "--tile-size",
+        type=int,
+        metavar="PIXELS",
+        help="larger images run as overlapping tiles, as the service does (default 512; 0: never)",
+    )
+    translate.add_argument(
+        "--tile-overlap", type=int, metavar="PIXELS", help="overlap blended between tiles (64)"
+    )
     translate.add_argument("--device", default="auto")
     translate.add_argument(
         "--runtime", default="auto", help="auto, torch, torch-bf16, torch-fp16, onnx, torchscript"
     )
+    translate.add_argument("--quiet", action="store_true", help="no progress bar")
     translate.set_defaults(handler=command_translate)
 
     data = verbs.add_parser("data", help="dataset tools").add_subparsers(

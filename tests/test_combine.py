@@ -1,12 +1,18 @@
 """Tests for building aligned A|B images from two folders of pairs."""
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
+from app.imaging import decode_upload
+from model.processing import prepare_input
+from tests.conftest import tiny_config
 from training.data.combine import combine_folders
+from training.data.datasets import PairedDataset, make_spec
 from training.data.download import check_aligned_layout
 from training.errors import DataError
 
@@ -211,3 +217,91 @@ def test_missing_folder_is_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="does not exist"):
         combine_folders(tmp_path / "A", tmp_path / "B", tmp_path / "out")
+
+
+def _write_rgb16_png(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG, which Pillow can read but not write."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _write_unusual(path_stem: Path, mode: str) -> tuple[Path, tuple[int, int], tuple[int, ...]]:
+    """One 16x16 image of ``mode``; returns its path and one pixel with the RGB it must become."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    if mode == "RGBA":
+        alpha = rng.choice(np.array([0, 128, 255], dtype=np.uint8), (16, 16))
+        alpha[0, 0] = 0
+        path = path_stem.with_suffix(".png")
+        Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+        return path, (0, 0), (255, 255, 255)  # transparent means white
+    if mode == "I;16":
+        deep = rng.integers(0, 65536, (16, 16), dtype=np.uint16)
+        deep[0, 0] = 0xFFFF
+        path = path_stem.with_suffix(".png")
+        Image.fromarray(deep).save(path)
+        return path, (0, 0), (255, 255, 255)
+    if mode == "I;16 dark":
+        # All values below 256 of 65535: nearly black, not an 8-bit image in disguise.
+        deep = rng.integers(0, 256, (16, 16), dtype=np.uint16)
+        deep[0, 0] = 255
+        path = path_stem.with_suffix(".png")
+        Image.fromarray(deep).save(path)
+        return path, (0, 0), (1, 1, 1)
+    if mode == "RGB;16":
+        deep = rng.integers(0, 65536, (16, 16, 3), dtype=np.uint16)
+        deep[0, 0] = (0xFFFF, 0x8000, 0x00FF)
+        path = path_stem.with_suffix(".png")
+        _write_rgb16_png(path, deep)
+        return path, (0, 0), (255, 128, 0)
+    if mode == "P":
+        indices = rng.integers(0, 4, (16, 16), dtype=np.uint8)
+        indices[0, 0] = 3
+        image = Image.fromarray(indices, "P")
+        image.putpalette([200, 10, 10, 10, 200, 10, 10, 10, 200, 30, 40, 50])
+        path = path_stem.with_suffix(".png")
+        image.save(path, transparency=3)
+        return path, (0, 0), (255, 255, 255)  # the transparent index is white, not its color
+    assert mode == "CMYK"
+    path = path_stem.with_suffix(".tif")
+    Image.fromarray(rgb).convert("CMYK").save(path)
+    rgb_first = tuple(
+        int(v) for v in Image.fromarray(rgb).convert("CMYK").convert("RGB").getpixel((0, 0))
+    )
+    return path, (0, 0), rgb_first
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "I;16", "I;16 dark", "RGB;16", "P", "CMYK"])
+def test_combine_training_and_serving_read_the_same_pixels(tmp_path: Path, mode: str) -> None:
+    """`data combine`, the dataset and the service's upload path convert a file alike."""
+    root = tmp_path / "data"
+    a_dir, b_dir = root / "train" / "A", root / "train" / "B"
+    a_dir.mkdir(parents=True)
+    path, (x, y), expected = _write_unusual(a_dir / "unusual", mode)
+    _save(b_dir / "unusual.png")
+
+    combine_folders(root / "train" / "A", root / "train" / "B", tmp_path / "combined")
+    combined, _ = _halves(tmp_path / "combined" / "unusual.png")
+
+    config = tiny_config(root, tmp_path / "runs")
+    spec = make_spec(config)
+    trained, _ = PairedDataset(config.data, "train", spec, train=False).load_arrays(0)
+
+    uploaded = decode_upload(path.read_bytes(), max_side=1024, max_pixels=1 << 20)
+    served = prepare_input(uploaded, spec)
+
+    np.testing.assert_array_equal(trained, combined)
+    np.testing.assert_array_equal(served, combined)
+    assert tuple(combined[y, x]) == expected

@@ -9,10 +9,10 @@ from PIL import Image
 
 from model.errors import CheckpointError, InputError
 from model.folders import load_spec
-from model.processing import encode_input, prepare_input
-from model.translate import fit_to_training_size
+from model.plan import fit_to_training_size
+from model.processing import encode_input, list_images, prepare_input
 from training.config import load_config
-from training.data.datasets import PairedDataset, data_config_for, list_images
+from training.data.datasets import PairedDataset, data_config_for
 
 
 def calibration_inputs(source: str | Path, root: str | Path | None, count: int) -> np.ndarray:

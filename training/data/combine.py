@@ -4,17 +4,16 @@ Files pair by stem (`0001.png` in A with `0001.jpg` in B) and each pair is writt
 with A on the left and B on the right, the format `training.data.download` fetches and checks.
 """
 
+import functools
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from training.data.download import IMAGE_EXTENSIONS
+from model.files import write_atomic
+from model.processing import IMAGE_SUFFIXES, to_rgb
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -66,8 +65,8 @@ def combine_folders(
         combined.paste(a_image, (0, 0))
         combined.paste(b_image, (a_image.width, 0))
         destination = out / split / f"{stem}.png"
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        _save_png_atomically(combined, destination)
+        # A killed run must not leave a truncated PNG that passes for a finished pair.
+        write_atomic(destination, functools.partial(combined.save, format="PNG"), sync=False)
         written[split] += 1
 
     total = sum(written.values())
@@ -107,7 +106,7 @@ def _images_by_key(folder: Path, splits: list[str]) -> dict[PairKey, list[Path]]
         for path in sorted(directory.iterdir()):
             if (
                 path.is_file()
-                and path.suffix.lower() in IMAGE_EXTENSIONS
+                and path.suffix.lower() in IMAGE_SUFFIXES
                 and not path.name.startswith(".")
             ):
                 images[(split, path.stem)].append(path)
@@ -126,7 +125,7 @@ def _match(
     b_dir: Path,
     b_files: dict[PairKey, list[Path]],
 ) -> dict[PairKey, tuple[Path, Path]]:
-    extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+    extensions = ", ".join(IMAGE_SUFFIXES)
     empty = [str(folder) for folder, files in ((a_dir, a_files), (b_dir, b_files)) if not files]
     if empty:
         raise DataError(f"no images ({extensions}) found in {' and '.join(empty)}")
@@ -193,36 +192,11 @@ def _displayed_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
 def _load_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
-            # Photos from phones store their rotation in EXIF; pair what viewers show.
-            upright = ImageOps.exif_transpose(image)
-            return _to_rgb(upright)
+            # Photos from phones store their rotation in EXIF; pair what viewers show. The
+            # conversion is the one training and serving use, so a combined pair holds the
+            # pixels the model would have read from the two files.
+            return to_rgb(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(
             f"unreadable image {path}: {error} (pairs before it in sorted order were written)"
         ) from error
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I"):
-        # Pillow loads 16-bit grayscale (depth maps, scans) as I;16 or I, and a plain convert
-        # clips it to white; keeping the high byte maps the full 16-bit range onto 0..255.
-        values = np.asarray(image).astype(np.int64)
-        image = Image.fromarray(np.clip(values >> 8, 0, 255).astype(np.uint8))
-    elif image.mode == "P":
-        # Going through RGBA honours a palette's transparency entry instead of warning about it.
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
-def _save_png_atomically(image: Image.Image, destination: Path) -> None:
-    # A crash mid-write must not leave a truncated PNG that later passes for a finished pair.
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{destination.stem}.", suffix=".png.part", dir=destination.parent
-    )
-    os.close(descriptor)
-    try:
-        image.save(temporary, format="PNG")
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

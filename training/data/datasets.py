@@ -26,17 +26,17 @@ from model.processing import (
     encode_input,
     encode_target,
     label_ids_from_image,
+    list_images,
     prepare_input,
     prepare_target,
 )
 from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass, SpecError
-from training.data.augment import build_transform
 from training.config import Config, DataConfig
+from training.data.augment import build_transform
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 
 
@@ -46,12 +46,6 @@ class PairFiles:
 
     a_path: Path
     b_path: Path | None = None
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
 
 
 def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:

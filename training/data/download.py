@@ -21,13 +21,13 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from model.processing import IMAGE_SUFFIXES, list_images
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIRROR = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets"
 MIRROR_ENVIRONMENT_VARIABLE = "PIX2PIX_DATASET_MIRROR"
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 
 CHUNK_BYTES = 1 << 20
 # Long enough for a slow mirror to answer, short enough that a dead one fails within a minute.
@@ -191,10 +191,10 @@ def check_aligned_layout(
     splits = sorted(
         path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")
     )
-    images_by_split = {split.name: _images_in(split) for split in splits}
+    images_by_split = {split.name: list_images(split) for split in splits}
     if not images_by_split["train"]:
         raise DataError(
-            f"train/ in {label} holds no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"train/ in {label} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})"
         )
 
     problems: list[str] = []
@@ -215,16 +215,6 @@ def check_aligned_layout(
             f"(width must be even and equal to 2 x height):\n  {listed}{tail}"
         )
     return {split: len(images) for split, images in images_by_split.items()}
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file()
-        and path.suffix.lower() in IMAGE_EXTENSIONS
-        and not path.name.startswith(".")
-    )
 
 
 def _aligned_image_problem(path: Path) -> str | None:
