@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -39,13 +40,22 @@ WORKER = textwrap.dedent(
     def load(path):
         return config_from_dict(tomllib.loads(open(path).read()))
 
-    exact, straight, split = (load(path) for path in sys.argv[1:4])
+    probe, exact, straight, split = (load(path) for path in sys.argv[1:5])
+    out, rank = sys.argv[5], os.environ["RANK"]
+    # One step's gradients: this rank's half of the global batch, all-reduced by DDP.
+    trainer = Trainer(probe, progress=False)
+    _, batch = next(trainer.batches())
+    trainer.train_step(trainer._to_device(batch["A"]), trainer._to_device(batch["B"]))
+    grads = {f"G.{k}": p.grad for k, p in trainer.generator.named_parameters()}
+    grads |= {f"D.{k}": p.grad for k, p in trainer.discriminator.named_parameters()}
+    grads["batch.A"] = batch["A"]
+    save_file({k: v.contiguous() for k, v in grads.items()}, f"{out}/grads{rank}.safetensors")
+
     trainer = Trainer(exact, progress=False)
     trainer.train()
     tensors = {f"G.{k}": v for k, v in trainer.generator.state_dict().items()}
     tensors |= {f"D.{k}": v for k, v in trainer.discriminator.state_dict().items()}
-    save_file({k: v.contiguous() for k, v in tensors.items()},
-              f"{sys.argv[4]}/rank{os.environ['RANK']}.safetensors")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, f"{out}/rank{rank}.safetensors")
     Trainer(straight, progress=False).train()
     Trainer(split, progress=False).train()
     split.train.max_steps = straight.train.max_steps
@@ -83,9 +93,10 @@ def torchrun(*args: str) -> list[str]:
 
 def inert_biases(trainer: Trainer) -> set[str]:
     """Conv biases that feed an affine-free instance norm: it subtracts them again, so their
-    true gradient is zero and Adam turns the rounding noise in it into full-size steps."""
+    true gradient is zero, what is computed is rounding noise, and Adam turns that noise into
+    full-size steps."""
     names = set()
-    for prefix, network in (("", trainer.generator), ("D.", trainer.discriminator)):
+    for prefix, network in (("G.", trainer.generator), ("D.", trainer.discriminator)):
         modules = list(network.named_modules())
         for (name, module), (_, following) in itertools.pairwise(modules):
             if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d) and isinstance(
@@ -97,9 +108,39 @@ def inert_biases(trainer: Trainer) -> set[str]:
 
 def checkpoint_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     folder = latest_checkpoint(run_dir / "checkpoints")
-    return load_file(str(folder / "generator.safetensors")) | {
+    return {f"G.{k}": v for k, v in load_file(str(folder / "generator.safetensors")).items()} | {
         f"D.{k}": v for k, v in load_file(str(folder / "discriminator.safetensors")).items()
     }
+
+
+def first_step_gradients(trainer: Trainer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The first batch's inputs and the gradients of one training step on it."""
+    _, batch = next(trainer.batches())
+    trainer.train_step(trainer._to_device(batch["A"]), trainer._to_device(batch["B"]))
+    grads = {f"G.{k}": p.grad.clone() for k, p in trainer.generator.named_parameters()}
+    grads |= {f"D.{k}": p.grad.clone() for k, p in trainer.discriminator.named_parameters()}
+    return batch["A"], grads
+
+
+def adam_step_bounds(steps: int, beta1: float, beta2: float) -> list[float]:
+    """The largest |m_hat / sqrt(v_hat)| that Adam can reach at steps 1..``steps``, whatever
+    the gradients: m_hat = sum(a_i g_i) and v_hat = sum(b_i g_i^2) with Adam's bias-corrected
+    weights a_i, b_i, so by Cauchy-Schwarz |m_hat| <= sqrt(sum(a_i^2 / b_i) * v_hat)."""
+    bounds = []
+    for t in range(1, steps + 1):
+        a = [(1 - beta1) * beta1 ** (t - i) / (1 - beta1**t) for i in range(1, t + 1)]
+        b = [(1 - beta2) * beta2 ** (t - i) / (1 - beta2**t) for i in range(1, t + 1)]
+        bounds.append(math.sqrt(sum(x * x / y for x, y in zip(a, b, strict=True))))
+    return bounds
+
+
+# A gradient element is a reduction over up to batch x height x width = 4 x 32 x 32 terms,
+# summed in another order by a batch of 2 plus an all-reduce than by a batch of 4 (and with
+# other oneDNN blockings on each CPU): about sqrt(4096) = 64 units of rounding per reduction,
+# compounded over the network's depth. 2^10 float32 ulps of the tensor's largest gradient
+# bounds that with room, and is still 100x below what a missing all-reduce or a wrong split
+# of the batch produces (about 1e-1 of the largest gradient).
+GRADIENT_TOLERANCE = 2**10 * torch.finfo(torch.float32).eps
 
 
 def test_ranks_shard_each_epoch_without_overlap_and_resume_mid_epoch():
@@ -120,58 +161,77 @@ def test_ranks_shard_each_epoch_without_overlap_and_resume_mid_epoch():
     assert list(itertools.islice(resumed, 2)) == second[6:]
 
 
+@pytest.mark.numeric
 def test_two_gloo_processes_train_like_one_and_resume_exactly(tmp_path):
     data = write_label_dataset(tmp_path / "data", counts=(12, 2, 2))
     # 12 pairs at a global batch of 4: 3 steps per epoch, so 4 steps cross an epoch boundary
     # (and a reshuffle).
     steps = {"train.max_steps": "4", "train.save_every": "4"}
-    single = tiny_config(
-        data, tmp_path, name="single", **EXACT, **steps, **{"train.batch_size": "4"}
-    )
+    alone = {**EXACT, "train.batch_size": "4"}
+    single = tiny_config(data, tmp_path, name="single", **alone, **steps)
     reference = Trainer(single, progress=False)
     reference.train()
+    single_batch, single_grads = first_step_gradients(
+        Trainer(tiny_config(data, tmp_path, name="single-probe", **alone), progress=False)
+    )
 
-    # The same runs on two processes at batch 2 each. Batch norm and dropout on for the resume
+    # The same on two processes at batch 2 each. Batch norm and dropout on for the resume
     # check: a resumed run must restore every rank's own dropout stream.
+    probe = tiny_config(data, tmp_path, name="probe", **EXACT)
     exact = tiny_config(data, tmp_path, name="exact", **EXACT, **steps)
     noisy = {**LABELS, "train.save_every": "2", "train.max_steps": "6"}
     straight = tiny_config(data, tmp_path, name="straight", **noisy)
     split = tiny_config(data, tmp_path, name="split", **noisy | {"train.max_steps": "4"})
     paths = []
-    for config in (exact, straight, split):
+    for config in (probe, exact, straight, split):
         paths.append(tmp_path / f"{config.name}.toml")
         paths[-1].write_text(config.to_toml())
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     run_processes([*torchrun(), str(worker), *map(str, paths), str(tmp_path)])
 
+    # Ranks end every step with the same weights, bit for bit: DDP's whole promise.
     rank0 = load_file(str(tmp_path / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "rank1.safetensors"))
     assert rank0.keys() == rank1.keys()
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
 
-    expected = checkpoint_weights(single.run_dir)
-    actual = checkpoint_weights(exact.run_dir)
-    assert expected.keys() == actual.keys()
+    # Rank r holds positions r and r + 2 of the global batch of 4.
+    grads0 = load_file(str(tmp_path / "grads0.safetensors"))
+    grads1 = load_file(str(tmp_path / "grads1.safetensors"))
+    halves = grads0.pop("batch.A"), grads1.pop("batch.A")
+    assert torch.equal(
+        torch.stack([halves[0][0], halves[1][0], halves[0][1], halves[1][1]]), single_batch
+    )
+    # The all-reduced gradients are the gradients of the whole batch, up to summation order.
     inert = inert_biases(reference)
-    assert inert and inert < expected.keys()
-    for name in expected.keys() - inert:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
-    # And the two generators compute the same function.
-    batch = torch.stack([reference.val_set[i]["A"] for i in range(2)])
-    with torch.no_grad():
-        reference.generator.eval()
-        out_single = reference.generator(batch)
-        reference.generator.load_state_dict(
-            {k: v for k, v in actual.items() if not k.startswith("D.")}
-        )
-        out_parallel = reference.generator(batch)
-    torch.testing.assert_close(out_parallel, out_single, rtol=1e-4, atol=1e-4)
+    assert inert and inert < single_grads.keys() == grads0.keys()
+    for name, expected in single_grads.items():
+        assert torch.equal(grads0[name], grads1[name]), name
+        if name in inert:
+            continue
+        tolerance = GRADIENT_TOLERANCE * expected.abs().max().item()
+        error = (grads0[name] - expected).abs().max().item()
+        assert error <= tolerance, f"{name}: gradient off by {error:.2e} > {tolerance:.2e}"
 
+    # Trained weights: where a gradient is close to zero, another summation order can flip its
+    # sign, and Adam moves an element by up to lr * bound_t at step t whatever the gradient's
+    # size, so two equivalent runs can part by twice the sum of those steps and no more.
+    train = single.train
+    bounds = adam_step_bounds(single.train.max_steps, train.beta1, train.beta2)
+    parting = 2 * train.lr * sum(bounds)
+    expected, actual = checkpoint_weights(single.run_dir), checkpoint_weights(exact.run_dir)
+    assert expected.keys() == actual.keys()
+    for name in expected.keys() - inert:
+        error = (actual[name] - expected[name]).abs().max().item()
+        assert error <= parting, f"{name}: weights part by {error:.2e} > {parting:.2e}"
+
+    # Resuming is exact by design: same kernels, same order, restored RNG streams.
     resumed, uninterrupted = checkpoint_weights(split.run_dir), checkpoint_weights(straight.run_dir)
+    assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
-        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=1e-5, atol=1e-6)
+        assert torch.equal(resumed[name], uninterrupted[name]), name
 
 
 def test_nproc_runs_itself_under_torchrun_and_only_rank_0_writes(tmp_path):

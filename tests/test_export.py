@@ -45,6 +45,7 @@ def random_batch(spec, height, width, seed=0):
     return rng.uniform(-1, 1, (2, spec.in_channels, height, width)).astype(np.float32)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("fmt", ["safetensors", "onnx", "torchscript"])
 def test_each_format_matches_eager_pytorch(trained_like, tmp_path, fmt):
     result = export_model(trained_like, tmp_path / fmt, fmt)
@@ -62,6 +63,7 @@ def psnr(reference: np.ndarray, other: np.ndarray) -> float:
     return 10 * np.log10(4.0 / mse)  # values span [-1, 1]: peak-to-peak 2
 
 
+@pytest.mark.numeric
 def test_reduced_precision_stays_faithful(trained_like):
     spec = load_model(trained_like, runtime="torch").spec
     batch = random_batch(spec, 128, 96, seed=3)

@@ -93,6 +93,7 @@ def _outputs_and_gradients(generator, x, monkeypatch, enabled):
     return y.detach(), {name: p.grad.clone() for name, p in generator.named_parameters()}
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_matmul_path_for_small_maps_matches_stock_convolutions(monkeypatch, channels_last):
     """Training runs the 8x8-and-smaller levels as unfold/fold + GEMM: same outputs and
@@ -189,6 +190,7 @@ def _autocast_steps(generator, x, steps, monkeypatch, keep_buffers):
     return outputs, grads, pointers
 
 
+@pytest.mark.numeric
 def test_gemm_layers_reuse_buffers_with_autocast_results(monkeypatch):
     """Under autocast the GEMM layers cast into a kept bf16 copy and write the gradient into
     last step's released one: bit-identical to autocast's own casts, step after step (so

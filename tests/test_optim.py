@@ -20,6 +20,7 @@ def _step(model, optimizer, seed):
     optimizer.step()
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_same_updates_as_torch_adam_without_layout_copies(monkeypatch, amsgrad):
     stock, ours = _model(0), _model(0)
@@ -47,6 +48,7 @@ def test_same_updates_as_torch_adam_without_layout_copies(monkeypatch, amsgrad):
     assert ours_state["state"].keys() == stock_state["state"].keys()
 
 
+@pytest.mark.numeric
 def test_resumes_from_contiguous_moments():
     """A checkpoint's moments load contiguous; the step relayouts them and stays exact."""
     stock, ours = _model(1), _model(1)

@@ -48,6 +48,7 @@ def model_folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("norm", ["batch", "instance", "none"])
 def test_inference_graph_equals_the_generator(norm):
     generator = _generator(norm, seed=1).double()  # float64: the rewrite is exact algebra
@@ -66,6 +67,7 @@ def test_inference_graph_equals_the_generator(norm):
     )  # the original is untouched
 
 
+@pytest.mark.numeric
 def test_int8_export_is_faithful_smaller_and_all_integer(model_folder, tmp_path):
     calibration = _smooth_images(12, 64, 64, seed=0)
     result = export_model(

@@ -162,10 +162,8 @@ def soak(tmp_path: Path, plan: list[tuple[str, int, float]], epochs: int) -> dic
 
     expected, actual = run_weights(straight_dir), run_weights(killed_dir)
     assert expected.keys() == actual.keys()
-    largest = 0.0
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
-        largest = max(largest, (actual[name] - expected[name]).abs().max().item())
+    for name in expected:  # exact by design: same kernels, same order, restored RNG streams
+        assert torch.equal(actual[name], expected[name]), name
     leftovers = sorted(p.name for p in (killed_dir / "checkpoints").iterdir())
     # Temp folders of kills mid-write are swept by the next checkpoint write.
     assert not [name for name in leftovers if name.endswith(".tmp")], leftovers
@@ -173,11 +171,11 @@ def soak(tmp_path: Path, plan: list[tuple[str, int, float]], epochs: int) -> dic
         "kills": kills,
         "steps_at_kill": steps_at_kill,
         "restarts_from_scratch": restarts_from_scratch,
-        "max_abs_difference": largest,
         "checkpoints_at_end": leftovers,
     }
 
 
+@pytest.mark.numeric
 def test_a_run_killed_during_a_checkpoint_write_resumes_to_the_same_weights(tmp_path):
     report = soak(tmp_path, [("tensors-written", 5, 0.0)], epochs=2)
     assert report["kills"] == 1
