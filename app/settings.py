@@ -7,6 +7,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.plan import TILE_OVERLAP, TILE_SIZE
+
 
 class Settings(BaseSettings):
     """Every setting can be set as an environment variable, e.g. ``PIX2PIX_MAX_BATCH=16``."""
@@ -28,8 +30,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, description="largest micro-batch run at once")
     max_wait_ms: float = Field(10.0, description="how long a request waits for batch-mates")
     queue_size: int = Field(64, description="pending requests per model before 503")
-    tile_size: int = Field(512, description="images larger than this are translated in tiles")
-    tile_overlap: int = Field(64, description="overlap between tiles, blended smoothly")
+    tile_size: int = Field(TILE_SIZE, description="images larger than this are translated in tiles")
+    tile_overlap: int = Field(TILE_OVERLAP, description="overlap between tiles, blended smoothly")
     threads: int = Field(0, description="inference threads per model (0 = the runtime's default)")
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503")
 

@@ -19,9 +19,8 @@ from app.imaging import FORMATS, decode_upload, encode_image
 from app.registry import ModelRegistry, ServedModel
 from app.settings import Settings
 from model.errors import InputError
-from model.processing import decode_output, encode_input, pad_to_multiple, prepare_input
-from model.tiling import plan_tiles
-from model.translate import fit_to_training_size, restore_size
+from model.plan import TranslationPlan, plan_translation
+from model.processing import decode_output, encode_input, prepare_input
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -144,12 +143,12 @@ async def translate(
     assert spec is not None and served.batcher is not None
     data = await image.read()
     # Decoding and encoding are CPU work: one trip to the thread pool each way.
-    array, batch, size, (width, height) = await run_in_threadpool(
-        _prepare, data, spec, settings, resize is ResizeMode.fit
+    array, plan, (width, height) = await run_in_threadpool(
+        _prepare, data, spec, settings, resize.value
     )
     request.state.input_size = f"{width}x{height}"
     try:
-        output, batch_size, inference_ms = await _run(served, batch, settings)
+        batch_size, inference_ms = await _run(served, plan, settings)
     except QueueFull as error:
         raise ApiError(
             503,
@@ -159,7 +158,7 @@ async def translate(
         ) from None
     request.state.batch_size = batch_size
     request.state.inference_ms = round(inference_ms, 2)
-    body, media_type = await run_in_threadpool(_finish, output, size, spec, array, format.value)
+    body, media_type = await run_in_threadpool(_finish, plan, spec, array, format.value)
     return Response(
         content=body,
         media_type=media_type,
@@ -167,61 +166,36 @@ async def translate(
     )
 
 
-def _prepare(data: bytes, spec, settings: Settings, fit: bool):
-    """Upload bytes -> (canonical input array, (1, C, H, W) network batch, output (H, W) after
-    EXIF rotation, uploaded (width, height))."""
+def _prepare(data: bytes, spec, settings: Settings, resize: str):
+    """Upload bytes -> (canonical input array, its translation plan, uploaded (width, height))."""
     decoded = decode_upload(data, settings.max_side, settings.max_pixels)
     try:
         array = prepare_input(decoded, spec)
     except InputError as error:
         raise ApiError(422, "invalid_input", str(error)) from None
-    batch = encode_input(array, spec)[None]
-    size = tuple(batch.shape[-2:])
-    if fit:
-        batch = fit_to_training_size(batch, spec)
-    return array, batch, size, decoded.size
+    encoded = encode_input(array, spec)
+    plan = plan_translation(encoded, spec, resize, settings.tile_size, settings.tile_overlap)
+    return array, plan, decoded.size
 
 
-def _finish(output: np.ndarray, size, spec, array: np.ndarray, format_name: str):
-    """Network output -> encoded image bytes at the input's size."""
-    output = restore_size(output, size)
-    image = Image.fromarray(decode_output(output[0], spec, array))
+def _finish(plan: TranslationPlan, spec, array: np.ndarray, format_name: str):
+    """The plan's assembled output -> encoded image bytes at the input's size."""
+    image = Image.fromarray(decode_output(plan.result(), spec, array))
     return encode_image(image, format_name)
 
 
-async def _run(
-    served: ServedModel, batch: np.ndarray, settings: Settings
-) -> tuple[np.ndarray, int, float]:
-    """Through the micro-batcher: whole if it fits a tile, else tile by tile."""
-    spec = served.spec
-    assert spec is not None and served.batcher is not None
-    height, width = batch.shape[-2:]
-    # Padding, cropping and blending are CPU work: they run on the thread pool, never on
-    # the event loop, so one large image cannot stall every other connection.
-    if max(height, width) <= settings.tile_size:
-        padded, _ = await run_in_threadpool(pad_to_multiple, batch, spec.pad_multiple)
-        result = await served.batcher.submit(padded[0])
-        return result.output[None, :, :height, :width], result.batch_size, result.inference_ms
-    plan = await run_in_threadpool(
-        plan_tiles, batch, settings.tile_size, settings.tile_overlap, spec.pad_multiple
-    )
+async def _run(served: ServedModel, plan: TranslationPlan, settings: Settings) -> tuple[int, float]:
+    """The plan's crops through the micro-batcher; returns (largest batch, network ms)."""
+    assert served.batcher is not None
     total_ms, largest = 0.0, 0
-    # A bounded number of tiles in flight keeps one huge image from filling the queue.
+    # A bounded number of crops in flight keeps one huge image from filling the queue.
     step = max(1, settings.max_batch)
     for start in range(0, len(plan.boxes), step):
         indices = range(start, min(start + step, len(plan.boxes)))
-        crops = await run_in_threadpool(_crops, plan, indices)
-        results = await asyncio.gather(*(served.batcher.submit(crop) for crop in crops))
-        await run_in_threadpool(_blend, plan, indices, results)
+        results = await asyncio.gather(*(served.batcher.submit(plan.crop(i)) for i in indices))
+        for index, result in zip(indices, results, strict=True):
+            # Blending is CPU work: on the thread pool, so a large image never stalls the loop.
+            await run_in_threadpool(plan.add, index, result.output)
         largest = max(largest, *(r.batch_size for r in results))
         total_ms += max(r.inference_ms for r in results)
-    return await run_in_threadpool(plan.result), largest, total_ms
-
-
-def _crops(plan, indices) -> list[np.ndarray]:
-    return [plan.crop(i).copy() for i in indices]
-
-
-def _blend(plan, indices, results) -> None:
-    for index, result in zip(indices, results, strict=True):
-        plan.add(index, result.output)
+    return largest, total_ms

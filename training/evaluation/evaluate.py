@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from model.folders import load_spec, resolve_model_folder
-from model.processing import decode_output, encode_input, input_preview
+from model.processing import input_preview
 from model.spec import GeneratorSpec
 from model.translate import Translator
 from training.data.datasets import PairedDataset, data_config_for
@@ -246,7 +246,7 @@ def evaluate_model(
     progress: bool = False,
 ) -> Evaluation:
     """Score one generator on ``data_root``'s ``split``; see the module docstring."""
-    translator = Translator.load(model, runtime="auto", device=device)
+    translator = Translator.load(model, runtime="auto", device=device, batch_size=batch_size)
     spec = translator.spec
     config = data_config_for(spec, data_root, split)
     config.max_images = max_images
@@ -285,8 +285,7 @@ def evaluate_model(
         positions = range(start, min(start + batch_size, len(dataset)))
         pairs = [dataset.arrays(i) for i in positions]
         inputs = np.stack([a for a, _ in pairs])
-        raw = translator.run_batch(np.stack([np.asarray(encode_input(a, spec)) for a, _ in pairs]))
-        outputs = np.stack([decode_output(raw[j], spec, a) for j, (a, _) in enumerate(pairs)])
+        outputs = np.stack(translator.translate_arrays([a for a, _ in pairs]))
         targets = np.stack([_as_rgb(b) for _, b in pairs])
         scores.update(inputs, outputs, targets)
         for j, index in enumerate(positions):
