@@ -142,6 +142,21 @@ def test_every_task_gets_pixel_metrics_and_sharpness(label_run, synth_labels):
     assert any("FCN-score skipped" in note for note in evaluation.notes)
 
 
+def test_every_task_gets_the_artifact_scores_in_json_and_tables(label_run, synth_labels, tmp_path):
+    evaluation = evaluate_model(label_run, synth_labels, "test", samples=0)
+    values = evaluation.metrics
+    assert np.isfinite(values["checkerboard"])
+    assert 0.0 <= values["blob_rate"] <= 1.0
+    report = tmp_path / "report"
+    write_report([evaluation], report)
+    saved = json.loads((report / "metrics.json").read_text())["models"][0]["metrics"]
+    assert saved["checkerboard"] == pytest.approx(values["checkerboard"], abs=1e-6)
+    assert saved["blob_rate"] == pytest.approx(values["blob_rate"], abs=1e-6)
+    for page in ("table.md", "index.html"):
+        text = (report / page).read_text()
+        assert "Checkerboard vs targets (dB)" in text and "Outputs with a white blob" in text
+
+
 def test_colorization_metrics(synth_color, tmp_path):
     spec = GeneratorSpec(
         ARCHITECTURE, 1, 2, input_kind="grayscale", color_space="lab", train_size=64,
@@ -200,7 +215,9 @@ def test_compare_lines_models_up_on_the_same_samples(label_run, synth_labels, tm
     assert evaluations[0].metrics["l1"] != evaluations[1].metrics["l1"]
     report = tmp_path / "compare"
     write_report(evaluations, report)
-    assert len(json.loads((report / "metrics.json").read_text())["models"]) == 2
+    models = json.loads((report / "metrics.json").read_text())["models"]
+    assert len(models) == 2
+    assert all({"checkerboard", "blob_rate"} <= set(model["metrics"]) for model in models)
     assert_self_contained(report)
 
 
@@ -218,11 +235,13 @@ def test_cli_evaluate_and_compare_write_reports(label_run, synth_labels, tmp_pat
     assert code == 0
     printed = capsys.readouterr().out
     assert "PSNR (dB)" in printed and "FID and KID skipped" in printed
+    assert "Checkerboard vs targets (dB)" in printed and "Outputs with a white blob" in printed
     assert_self_contained(report)
     compare = tmp_path / "cli-compare"
     options = ["--out", str(compare), "--names", "a,b", "--samples", "1"]
     code = main(["compare", str(label_run), str(label_run), *data, *options])
     assert code == 0
+    assert "Checkerboard vs targets (dB)" in capsys.readouterr().out
     assert_self_contained(compare)
 
 

@@ -122,6 +122,95 @@ def test_area_under_a_linear_accuracy_curve_is_one_half():
     assert metrics.area_under_curve(np.ones(151)) == pytest.approx(1.0)
 
 
+def smooth_photos(seed: int, count: int = 1, size: int = 64) -> torch.Tensor:
+    """Photo-like images: coarse random colors upsampled bicubically, plus a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, size // 8, size // 8, generator=generator)
+    smooth = nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")
+    return (smooth + 0.01 * torch.randn(count, 3, size, size, generator=generator)).clamp(0, 1)
+
+
+def grid(period: int, size: int = 64) -> torch.Tensor:
+    """A checkerboard of squares period / 2 wide, in -0.5..0.5."""
+    down, across = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return ((down // (period // 2) + across // (period // 2)) % 2).float() - 0.5
+
+
+@pytest.mark.parametrize("period", [2, 4, 8])
+def test_an_injected_checkerboard_raises_the_contrast_at_its_period(period):
+    photo = smooth_photos(seed=0)
+    gridded = (photo + 0.02 * grid(period)).clamp(0, 1)  # about 5 of 255 levels
+    clean = metrics.checkerboard_contrast(photo)
+    assert metrics.checkerboard_contrast(gridded).item() > clean.item() + 10.0
+
+
+def test_a_grid_along_one_axis_only_is_caught_too():
+    photo = smooth_photos(seed=1)
+    stripes = (torch.arange(64) % 4 < 2).float() - 0.5  # period 4 across, constant down
+    striped = (photo + 0.02 * stripes).clamp(0, 1)
+    clean = metrics.checkerboard_contrast(photo)
+    assert metrics.checkerboard_contrast(striped).item() > clean.item() + 10.0
+
+
+def test_photo_like_images_score_near_zero_against_each_other():
+    outputs, targets = smooth_photos(seed=2, count=4), smooth_photos(seed=3, count=4)
+    output_values = metrics.checkerboard_contrast(outputs)
+    assert metrics.checkerboard_score(output_values, output_values) == 0.0
+    target_values = metrics.checkerboard_contrast(targets)
+    assert abs(metrics.checkerboard_score(output_values, target_values)) < 3.0
+    gridded = metrics.checkerboard_contrast((outputs + 0.02 * grid(2)).clamp(0, 1))
+    assert metrics.checkerboard_score(gridded, target_values) > 10.0
+
+
+def test_axis_aligned_content_is_not_mistaken_for_a_grid():
+    # A ramp puts all its power on the x axis of the spectrum; compared with off-axis
+    # neighbours it would score 40 dB.
+    ramp = torch.linspace(0.0, 1.0, 64).expand(1, 3, 64, 64)
+    assert abs(metrics.checkerboard_contrast(ramp).item()) < 3.0
+
+
+def test_a_flat_image_has_zero_checkerboard_contrast():
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    assert metrics.checkerboard_contrast(flat).tolist() == [0.0]
+
+
+def with_square(images: torch.Tensor, top: int, left: int, side: int, color) -> torch.Tensor:
+    painted = images.clone()
+    painted[:, :, top : top + side, left : left + side] = torch.tensor(color).view(1, 3, 1, 1)
+    return painted
+
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+def test_a_white_blob_the_target_lacks_is_a_blob():
+    target = smooth_photos(seed=4) * 0.7  # nowhere near white
+    output = with_square(target, 10, 20, 10, WHITE)  # 100 of 4096 pixels
+    assert metrics.new_saturated_area(output, target).tolist() == pytest.approx([100 / 4096])
+    assert metrics.has_blob(output, target).tolist() == [True]
+
+
+def test_a_bright_region_the_target_also_has_is_not_a_blob():
+    target = with_square(smooth_photos(seed=4) * 0.7, 10, 20, 10, (0.9, 0.9, 0.85))
+    output = with_square(target, 10, 20, 10, WHITE)
+    assert metrics.has_blob(output, target).tolist() == [False]
+
+
+def test_specks_below_the_area_threshold_are_not_blobs_even_together():
+    target = smooth_photos(seed=4) * 0.7
+    output = target
+    for top, left in ((5, 5), (5, 30), (40, 10), (40, 50)):
+        output = with_square(output, top, left, 4, WHITE)  # 16 pixels, under 0.5% of 4096
+    assert metrics.new_saturated_area(output, target).tolist() == pytest.approx([16 / 4096])
+    assert metrics.has_blob(output, target).tolist() == [False]
+
+
+def test_a_vivid_color_is_not_saturated_white():
+    target = smooth_photos(seed=4) * 0.7
+    output = with_square(target, 10, 20, 20, (1.0, 1.0, 0.2))  # bright yellow
+    assert metrics.has_blob(output, target).tolist() == [False]
+
+
 def test_confusion_matrix_rows_are_truth_columns_predictions():
     confusion = metrics.confusion_matrix(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)
     assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]

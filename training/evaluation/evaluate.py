@@ -6,6 +6,10 @@ size), translates it and scores the decoded outputs against the targets:
 
 - every task: L1, PSNR, SSIM and sharpness ratios (outputs' mean gradient magnitude and
   Laplacian variance over the targets'; 1.0 is as sharp as the real photos);
+- every task, the two known artifacts: the checkerboard score (how much more the outputs'
+  spectra peak at the periods 2, 4 and 8 that transposed convolutions leave than the targets'
+  do, in dB; 0 is like the real photos) and the blob rate (the share of outputs with a
+  saturated white region that their target lacks);
 - grayscale -> color: PSNR of the ab channels, colorfulness of outputs and targets, and the
   share of pixels within each ab error threshold (the accuracy-vs-threshold curve and its AuC);
 - label map -> photo, given a segmenter: the FCN-score (pixel accuracy, class accuracy, mean
@@ -149,6 +153,9 @@ class _Scores:
         self._add("gradient_target", metrics.gradient_magnitude(target_units))
         self._add("laplacian_output", metrics.laplacian_variance(output_units))
         self._add("laplacian_target", metrics.laplacian_variance(target_units))
+        self._add("checkerboard_output", metrics.checkerboard_contrast(output_units))
+        self._add("checkerboard_target", metrics.checkerboard_contrast(target_units))
+        self._add("blob", metrics.has_blob(output_units, target_units))
         if is_colorization(self.spec):
             output_ab, target_ab = metrics.ab_channels(outputs), metrics.ab_channels(targets)
             self.ab_psnr.append(np.minimum(metrics.ab_psnr(output_ab, target_ab), 100.0))
@@ -182,6 +189,10 @@ class _Scores:
             "laplacian_ratio": metrics.sharpness_ratio(
                 self.mean("laplacian_output"), self.mean("laplacian_target")
             ),
+            "checkerboard": metrics.checkerboard_score(
+                self.mean("checkerboard_output"), self.mean("checkerboard_target")
+            ),
+            "blob_rate": float(self.mean("blob").mean()),
         }
         per_class: list[dict[str, Any]] = []
         curves: dict[str, list[float]] = {}
