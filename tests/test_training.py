@@ -14,6 +14,7 @@ from model.translate import Translator
 from tests.conftest import tiny_config, write_label_dataset
 from training.data.datasets import PairedDataset
 from training.errors import TrainingError
+from training.loop import trainer as trainer_module
 from training.loop.trainer import Trainer, load_run_config
 
 LABELS = {"data.input_kind": "label_map"}
@@ -206,3 +207,22 @@ def test_colorization_run_translates_gray_to_color(synth_color, tmp_path):
     # Lab recombination keeps the input's lightness: luma follows the gray input closely.
     luma = np.asarray(Image.fromarray(result).convert("L"), dtype=int)
     assert np.corrcoef(luma.ravel(), np.asarray(gray, dtype=int).ravel())[0, 1] > 0.95
+
+
+def test_several_discriminator_steps_under_fp16_each_update_their_scaler(
+    label_dataset, tmp_path, monkeypatch
+):
+    # A real fp16 run needs a GPU; the CPU has fp16 autocast and a GradScaler as well.
+    monkeypatch.setattr(trainer_module, "autocast_dtype", lambda precision, device: torch.float16)
+    overrides = {"train.precision": "fp16", "train.d_steps": "3", "train.pool_size": "4"}
+    trainer = Trainer(tiny_config(label_dataset, tmp_path, **LABELS, **overrides), progress=False)
+    assert trainer.scaler_d.is_enabled() and trainer.scaler_g.is_enabled()
+    _, batch = next(trainer.batches())
+
+    stats = trainer.train_step(trainer._to_device(batch["A"]), trainer._to_device(batch["B"]))
+
+    assert torch.isfinite(stats).all()
+    # A scaler steps each optimizer once per update: three D steps need three updates.
+    assert {int(state["step"]) for state in trainer.optimizer_d.state.values()} == {3}
+    # The pool was asked once: it holds each generated pair of the batch of two once.
+    assert len(trainer.pool.images) == 2

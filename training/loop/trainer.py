@@ -229,9 +229,11 @@ class Trainer:
         self.optimizer_d = optim.Adam(self.discriminator.parameters(), **adam)
         self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, self.lr_factor)
         self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, self.lr_factor)
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=config.train.precision == "fp16"
-        )
+        # One scaler per network: D's and G's losses differ in size, and a scaler steps each
+        # optimizer once per update, so D's updates after each of its train.d_steps steps.
+        scaling = config.train.precision == "fp16"
+        self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
+        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.gan_loss = GANLoss(train.gan_mode)
         self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
         self.monitor = TrainingMonitor(
@@ -349,16 +351,19 @@ class Trainer:
         loss_d_real = loss_d_fake = accuracy_real = accuracy_fake = zero
         if adversarial:
             self.discriminator.requires_grad_(True)
+            # Asked once per iteration: every D step sees the same pairs, and the pool stores
+            # each generated pair once.
+            pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
             for _ in range(train.d_steps):
-                pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
                 release_gradients(self.discriminator)
                 with self.autocast():
                     logits_fake = self.discriminator_step(pool_a, pool_fake)
                     logits_real = self.discriminator_step(real_a, real_b)
                 loss_d_fake = self.gan_loss.discriminator(logits_fake, real=False)
                 loss_d_real = self.gan_loss.discriminator(logits_real, real=True)
-                self.scaler.scale(0.5 * (loss_d_fake + loss_d_real)).backward()
-                self.scaler.step(self.optimizer_d)
+                self.scaler_d.scale(0.5 * (loss_d_fake + loss_d_real)).backward()
+                self.scaler_d.step(self.optimizer_d)
+                self.scaler_d.update()
             threshold = self.gan_loss.threshold()
             accuracy_real = (logits_real.detach().float() > threshold).float().mean()
             accuracy_fake = (logits_fake.detach().float() <= threshold).float().mean()
@@ -373,9 +378,9 @@ class Trainer:
             loss_g_gan = self.gan_loss.generator(logits_fooled)
         loss_g_l1 = torch.nn.functional.l1_loss(fake_b.float(), real_b)
         loss_g = train.lambda_gan * loss_g_gan + train.lambda_l1 * loss_g_l1
-        self.scaler.scale(loss_g).backward()
-        self.scaler.step(self.optimizer_g)
-        self.scaler.update()
+        self.scaler_g.scale(loss_g).backward()
+        self.scaler_g.step(self.optimizer_g)
+        self.scaler_g.update()
         self.scheduler_g.step()
         if adversarial:
             self.scheduler_d.step()
@@ -616,7 +621,8 @@ class Trainer:
             "optimizer_d": self.optimizer_d.state_dict(),
             "scheduler_g": self.scheduler_g.state_dict(),
             "scheduler_d": self.scheduler_d.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
             "rng": rng,
             "pool_rng": self.pool.random.get_state() if self.pool.random is not None else None,
             "monitor": self.monitor.state_dict(),
@@ -641,7 +647,9 @@ class Trainer:
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         self.scheduler_g.load_state_dict(state["scheduler_g"])
         self.scheduler_d.load_state_dict(state["scheduler_d"])
-        self.scaler.load_state_dict(state["scaler"])
+        # Checkpoints from before the split into two scalers hold one for both networks.
+        self.scaler_d.load_state_dict(state.get("scaler_d", state.get("scaler")))
+        self.scaler_g.load_state_dict(state.get("scaler_g", state.get("scaler")))
         rng = state["rng"]
         rng_ranks = state.get("rng_ranks") or [rng]
         if len(rng_ranks) == self.dist.world_size:
