@@ -15,7 +15,6 @@ import os
 import pickle
 import random
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
 from training.loop import distributed, optim
 from training.loop.losses import GANLoss, HistoryPool
+from training.loop.meter import IntervalMeter
 from training.loop.monitor import MonitorSettings, TrainingMonitor
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,12 @@ class EpochIndexed(Dataset):
 
 # Per-step scalars, kept on the device until a logging interval reads them.
 STAT_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "D_acc_real", "D_acc_fake")
+
+
+def _append_record(metrics_file, record: dict) -> None:
+    # Flushed at once: metrics.jsonl is what a person tails while the run goes on.
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
 
 
 class Trainer:
@@ -409,11 +415,8 @@ class Trainer:
         # Only rank 0 writes the log; the others run the same code into the void.
         metrics_path = self.run_dir / METRICS_FILENAME if self.dist.is_main else Path(os.devnull)
         world = self.dist.world_size
-        sums = torch.zeros(len(STAT_NAMES), device=self.device)
+        interval = IntervalMeter(STAT_NAMES, self.device, train.batch_size * world, world)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
-        interval_steps, interval_wait, interval_start = 0, 0.0, time.perf_counter()
-        epoch_sums = torch.zeros_like(sums)
-        epoch_steps, epoch_start = 0, time.perf_counter()
         last_logged: dict = {}
         bar = tqdm(
             total=self.total_steps,
@@ -433,24 +436,25 @@ class Trainer:
             train.batch_size,
             world,
         )
-        wait_start = time.perf_counter()
-        stop_early = False
         with open(metrics_path, "a", encoding="utf-8") as metrics_file:
-            for epoch, batch in self.batches():
-                interval_wait += time.perf_counter() - wait_start
+            for epoch, batch in interval.timed(self.batches()):
                 real_a, real_b = self._to_device(batch["A"]), self._to_device(batch["B"])
                 stats = self.train_step(real_a, real_b)
                 nonfinite |= ~torch.isfinite(stats[:4]).all()
-                sums += stats
-                epoch_sums += stats
+                interval.add(stats)
                 self.step += 1
-                interval_steps += 1
-                epoch_steps += 1
                 bar.update(1)
 
-                at_log = self.step % train.log_every == 0 or self.step == self.total_steps
+                last = self.step == self.total_steps
+                at_log = self.step % train.log_every == 0 or last
+                at_sample = self.step % train.sample_every == 0 or last
+                at_save = self.step % train.save_every == 0 or last
                 at_epoch_end = self.step % self.steps_per_epoch == 0
-                at_save = self.step % train.save_every == 0 or self.step == self.total_steps
+                keep_epoch = (
+                    at_epoch_end
+                    and train.save_epochs > 0
+                    and (self.step // self.steps_per_epoch) % train.save_epochs == 0
+                )
                 # Reading the flag syncs with the device, so only where it matters: before
                 # anything is logged or saved.
                 if (at_log or at_save or at_epoch_end) and self.dist.any(nonfinite):
@@ -460,17 +464,12 @@ class Trainer:
                         "lower train.lr, train.precision = 'fp32', or check the data"
                     )
                 if at_log:
-                    elapsed = time.perf_counter() - interval_start
-                    means = (self.dist.sum(sums) / (interval_steps * world)).tolist()
                     record = {"kind": "train", "step": self.step, "epoch": epoch}
-                    record.update({k: round(v, 6) for k, v in zip(STAT_NAMES, means, strict=True)})
+                    record.update(interval.means(self.dist.sum))
                     record["lr"] = self.scheduler_g.get_last_lr()[0]
-                    images = interval_steps * train.batch_size * world
-                    record["images_per_s"] = round(images / elapsed, 3)
-                    record["data_wait"] = round(interval_wait / elapsed, 4)
+                    record.update(interval.rates())
                     record.update(self.monitor.observe_train(record))
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                    _append_record(metrics_file, record)
                     last_logged = record
                     bar.set_postfix(
                         G_GAN=f"{record['G_GAN']:.3f}",
@@ -478,37 +477,14 @@ class Trainer:
                         D=f"{(record['D_real'] + record['D_fake']) / 2:.3f}",
                         img_s=f"{record['images_per_s']:.1f}",
                     )
-                    sums.zero_()
-                    interval_steps, interval_wait = 0, 0.0
-                if self.step % train.sample_every == 0 or self.step == self.total_steps:
-                    val = self.validate(save_grid=True)
-                    metrics_file.write(json.dumps({"kind": "val", "step": self.step, **val}) + "\n")
-                    metrics_file.flush()
-                    stop = self.monitor.observe_validation({"step": self.step, **val})
+                stop_early = False
+                if at_sample:
+                    validation = {"kind": "val", "step": self.step, **self.validate(save_grid=True)}
+                    _append_record(metrics_file, validation)
+                    stop = self.monitor.observe_validation(validation)
                     stop_early = self.dist.any(torch.tensor(stop, device=self.device))
-                if at_epoch_end:
-                    epoch_means = self.dist.sum(epoch_sums) / (epoch_steps * world)
-                    means = dict(zip(STAT_NAMES, epoch_means.tolist(), strict=True))
-                    seconds = time.perf_counter() - epoch_start
-                    logger.info(
-                        "epoch %d done (step %d/%d): G_GAN %.3f G_L1 %.4f D_real %.3f "
-                        "D_fake %.3f D_acc %.2f/%.2f, %.1f images/s",
-                        epoch + 1,
-                        self.step,
-                        self.total_steps,
-                        *means.values(),
-                        epoch_steps * train.batch_size * world / seconds,
-                    )
-                    epoch_sums.zero_()
-                    epoch_steps, epoch_start = 0, time.perf_counter()
-                if at_save or at_epoch_end:
-                    keep = (
-                        at_epoch_end
-                        and train.save_epochs > 0
-                        and (self.step // self.steps_per_epoch) % train.save_epochs == 0
-                    )
-                    if at_save or keep:
-                        self.save_checkpoint(keep_as_epoch=keep)
+                if at_save or keep_epoch:
+                    self.save_checkpoint(keep_as_epoch=keep_epoch)
                 if stop_early:
                     if not at_save:
                         self.save_checkpoint()
@@ -516,8 +492,7 @@ class Trainer:
                     break
                 if at_log:
                     # Validation and checkpoints count against neither images/s nor data wait.
-                    interval_start = time.perf_counter()
-                wait_start = time.perf_counter()
+                    interval.restart()
         bar.close()
         final_val = self.validate(save_grid=False)
         return {
