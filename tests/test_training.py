@@ -226,3 +226,22 @@ def test_several_discriminator_steps_under_fp16_each_update_their_scaler(
     assert {int(state["step"]) for state in trainer.optimizer_d.state.values()} == {3}
     # The pool was asked once: it holds each generated pair of the batch of two once.
     assert len(trainer.pool.images) == 2
+
+
+def test_sample_grids_show_validation_pairs_spread_over_the_split(tmp_path):
+    # Sixteen flat-colored validation pairs, pair i in gray level 16 i: the grid's B column
+    # tells which pairs it shows.
+    root = tmp_path / "data"
+    for split, count in (("train", 2), ("val", 16)):
+        for index in range(count):
+            pixels = np.full((32, 32, 3), 16 * index, dtype=np.uint8)
+            for side in "AB":
+                (root / split / side).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(root / split / side / f"{index:02d}.png")
+    trainer = Trainer(tiny_config(root, tmp_path, **{"train.val_images": "4"}), progress=False)
+
+    trainer.validate(save_grid=True)
+
+    grid = np.asarray(Image.open(trainer.run_dir / "samples" / "step_00000000.png"))
+    targets = grid[:, 64:96].reshape(4, 32, 32, 3)  # rows of A | G(A) | B, 32 px each
+    assert [int(target.mean()) // 16 for target in targets] == [0, 4, 8, 12]

@@ -116,7 +116,7 @@ class TrainConfig:
     sample_every: int = 500
     save_every: int = 1000  # steps between refreshes of checkpoints/latest
     save_epochs: int = 5  # keep a checkpoint every N epochs (0 = only latest)
-    val_images: int = 8  # images in the fixed validation batch for samples and val L1
+    val_images: int = 8  # pairs in each sample grid, spread evenly over the val split
     early_stop_patience: int = 0  # validations without val_l1 improving before a stop (0 = off)
     early_stop_min_delta: float = 0.0  # smaller val_l1 improvements do not count
 

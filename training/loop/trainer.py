@@ -162,6 +162,11 @@ def _append_record(metrics_file, record: dict) -> None:
     metrics_file.flush()
 
 
+def spread(count: int, size: int) -> list[int]:
+    """``count`` indices of ``range(size)`` (``count <= size``), evenly spaced from 0."""
+    return [position * size // count for position in range(count)]
+
+
 class Trainer:
     """Builds everything a run needs from its config and runs the loop."""
 
@@ -507,25 +512,29 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, save_grid: bool) -> dict:
-        """Val L1 over the validation split (up to 64 pairs); optionally a sample grid.
+        """Val L1 over up to 64 validation pairs; optionally a grid of ``train.val_images``.
 
-        Every rank validates (SyncBatchNorm in train mode needs all of them); rank 0 writes.
+        Both are spread evenly over the split: on a dataset of video frames the first pairs
+        would be near-identical frames of one scene. Every rank validates (SyncBatchNorm in
+        train mode needs all of them); rank 0 writes.
         """
         save_grid = save_grid and self.dist.is_main
         self.generator.train(self.spec.inference_mode == "train")
         total, count, grid_rows = 0.0, 0, []
-        limit = min(len(self.val_set), 64)
+        indices = spread(min(len(self.val_set), 64), len(self.val_set))
+        grid_size = min(self.config.train.val_images, len(indices))
+        shown = {indices[i] for i in spread(grid_size, len(indices))} if save_grid else set()
         batch = max(1, min(self.config.train.batch_size, 16))
-        for start in range(0, limit, batch):
-            items = [self.val_set[i] for i in range(start, min(start + batch, limit))]
+        for start in range(0, len(indices), batch):
+            items = [self.val_set[i] for i in indices[start : start + batch]]
             real_a = self._to_device(torch.stack([item["A"] for item in items]))
             real_b = self._to_device(torch.stack([item["B"] for item in items]))
             with self.autocast():
                 fake_b = self.generator(real_a)
             total += torch.nn.functional.l1_loss(fake_b.float(), real_b, reduction="sum").item()
             count += real_b.numel()
-            if save_grid and len(grid_rows) < self.config.train.val_images:
-                for i, item in enumerate(items[: self.config.train.val_images - len(grid_rows)]):
+            for i, item in enumerate(items):
+                if item["index"] in shown:
                     grid_rows.append(self._grid_row(item["index"], fake_b[i], real_b[i]))
         self.generator.train()
         if save_grid and grid_rows:
