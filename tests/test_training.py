@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from model import cpu_features
 from model.checkpoint import latest_checkpoint, load_generator
+from model.cpu_features import native_bf16
 from model.translate import Translator
 from tests.conftest import tiny_config, write_label_dataset
 from training.data.datasets import PairedDataset
@@ -245,3 +248,45 @@ def test_sample_grids_show_validation_pairs_spread_over_the_split(tmp_path):
     grid = np.asarray(Image.open(trainer.run_dir / "samples" / "step_00000000.png"))
     targets = grid[:, 64:96].reshape(4, 32, 32, 3)  # rows of A | G(A) | B, 32 px each
     assert [int(target.mean()) // 16 for target in targets] == [0, 4, 8, 12]
+
+
+@pytest.mark.numeric
+def test_bf16_falls_back_to_fp32_with_a_warning_where_the_cpu_would_emulate_it(
+    label_dataset, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    native_bf16.cache_clear()
+    try:
+        config = tiny_config(
+            label_dataset, tmp_path, **LABELS, **{"train.max_steps": "1", "train.precision": "bf16"}
+        )
+        with caplog.at_level(logging.WARNING, logger="training.loop.trainer"):
+            trainer = Trainer(config, progress=False)
+    finally:
+        monkeypatch.undo()
+        native_bf16.cache_clear()
+    assert trainer.amp_dtype is None
+    assert "no bf16 instructions" in caplog.text and "training in fp32" in caplog.text
+
+
+def test_native_bf16_follows_the_cpu_flags_and_the_onednn_cap(monkeypatch):
+    monkeypatch.setattr(cpu_features, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    for cap, expected in [
+        ("", True),
+        ("ALL", True),
+        ("AVX512_CORE_AMX", True),
+        ("AVX2", False),
+        ("AVX512_CORE", False),
+        ("avx512_core_bf16", True),
+    ]:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        native_bf16.cache_clear()
+        assert native_bf16() is expected, cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")
+    monkeypatch.setattr(cpu_features, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    native_bf16.cache_clear()
+    assert native_bf16() is False
+    monkeypatch.setattr(cpu_features, "_cpu_flags", lambda: None)  # no /proc/cpuinfo
+    native_bf16.cache_clear()
+    assert native_bf16() is True
+    native_bf16.cache_clear()

@@ -36,6 +36,7 @@ from model.checkpoint import (
     state_dict_for_saving,
     write_checkpoint_folder,
 )
+from model.cpu_features import native_bf16
 from model.files import write_text_atomic
 from model.networks import (
     PatchDiscriminator,
@@ -82,6 +83,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision = 'fp16' needs a GPU; use 'bf16' on the CPU")
+    if precision == "bf16" and device.type == "cpu" and not native_bf16():
+        # Emulated bf16 ran 0.7x (AVX-512) to 0.06x (AVX2) the speed of fp32 in bench/train.py.
+        logger.warning(
+            "train.precision = 'bf16' asked for, but this CPU has no bf16 instructions "
+            "(AVX512-BF16 or AMX), where bf16 is emulated and slower than fp32: training in fp32"
+        )
+        return None
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
@@ -435,7 +443,7 @@ class Trainer:
             "training %s on %s (%s): %d steps, %d per epoch, batch %d x %d processes",
             self.config.name,
             self.device,
-            train.precision,
+            {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype],
             self.total_steps,
             self.steps_per_epoch,
             train.batch_size,
