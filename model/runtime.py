@@ -68,10 +68,18 @@ def onnxruntime_available() -> bool:
     return _installed("onnxruntime")
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+def resolve_device(name: str, onnx_only: bool = False) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``.
+
+    ``onnx_only``: only ONNX Runtime will run, so ask it for its CUDA provider instead, and
+    an ONNX model never pays for importing torch.
+    """
     if name != "auto":
         return name
+    if onnx_only and onnxruntime_available():
+        import onnxruntime
+
+        return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
     if torch_available():
         import torch
 
@@ -246,13 +254,14 @@ def load_model(
     """
     folder = resolve_model_folder(path)
     spec = load_spec(folder)
-    device = resolve_device(device)
     if runtime != "auto":
+        device = resolve_device(device, onnx_only=runtime == "onnx")
         built = build_runtime(runtime, folder, spec, device, threads)
         return LoadedModel(spec, built, folder, {built.name: time_runtime(built, spec)})
     names = candidate_names(folder, device)
     if spec.inference_mode == "train":
         names = [name for name in names if name != "onnx"]
+    device = resolve_device(device, onnx_only=names == ["onnx"])
     if not names:
         raise CheckpointError(
             f"{folder}: no runtime can load this model here (onnxruntime installed: "

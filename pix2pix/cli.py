@@ -62,8 +62,8 @@ def launch_processes(args: argparse.Namespace, extra: list[str]) -> int:
 def command_train(args: argparse.Namespace, extra: list[str]) -> int:
     import os
 
-    from training.config import load_config, set_value
-    from training.loop.trainer import load_run_config, train
+    from pix2pix.api import training_config
+    from training.loop.trainer import train
 
     if args.nproc > 1 and "RANK" not in os.environ:
         return launch_processes(args, extra)
@@ -72,16 +72,8 @@ def command_train(args: argparse.Namespace, extra: list[str]) -> int:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for all
     overrides = parse_overrides(extra)
     if args.config is None and args.resume_run is None:
-        raise UsageError("train needs --config FILE (or --resume RUN_DIR)")
-    if args.config is not None:
-        config = load_config(args.config, overrides)
-    else:
-        config = load_run_config(args.resume_run)
-        run_dir = Path(args.resume_run)
-        config.runs_dir, config.name = str(run_dir.parent), run_dir.name
-        for key, value in overrides.items():
-            set_value(config, key, value)
-        config.validate()
+        raise UsageError("train needs --config FILE (or --resume-run RUN_DIR)")
+    config = training_config(args.config, overrides, args.resume_run)
     resume = args.resume or args.resume_run is not None
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -129,13 +121,12 @@ def translation_targets(items: list[str], out: Path, suffix: str) -> list[tuple[
 
 
 def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     from tqdm import tqdm
 
     from model.errors import InputError
     from model.plan import TILE_OVERLAP, TILE_SIZE
-    from model.processing import prepare_input
-    from model.translate import Translator
+    from model.translate import Translator, read_input
 
     tile_size = TILE_SIZE if args.tile_size is None else args.tile_size
     tile_overlap = TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap
@@ -153,8 +144,8 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
     failed: list[Path] = []
     waiting: dict[tuple[int, ...], list] = {}  # decoded inputs by size, until a batch is full
 
-    def report(path: Path, problem) -> None:
-        tqdm.write(f"{path}: {problem}", file=sys.stderr)
+    def report(path: Path, problem: str) -> None:
+        tqdm.write(problem, file=sys.stderr)
         failed.append(path)
 
     def run(group: list) -> None:
@@ -164,7 +155,7 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(output).save(target)
             except OSError as error:
-                report(source, f"cannot write {target}: {error}")
+                report(source, f"{source}: cannot write {target}: {error}")
         bar.update(len(group))
 
     def run_waiting() -> None:
@@ -172,14 +163,12 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
             run(group)
         waiting.clear()
 
-    unreadable = (UnidentifiedImageError, OSError, InputError, Image.DecompressionBombError)
     with tqdm(total=len(pairs), desc="translate", unit="image", disable=args.quiet) as bar:
         for source, target in pairs:
             try:
-                with Image.open(source) as image:
-                    array = prepare_input(image, translator.spec, args.tolerance)
-            except unreadable as error:
-                report(source, error)
+                array = read_input(source, translator.spec, args.tolerance)
+            except (InputError, OSError) as error:  # each names the file
+                report(source, str(error))
                 bar.update()
                 continue
             if tile_size and max(array.shape[:2]) > tile_size:
@@ -227,23 +216,17 @@ def command_data_combine(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from model.export import export_model
-    from training.data.calibration import calibration_inputs
+    from pix2pix.api import export
 
-    out = Path(args.out) if args.out else Path("models") / Path(args.source).name
-    calibration = (
-        calibration_inputs(args.source, args.calibration, args.calibration_images)
-        if args.int8
-        else None
-    )
-    result = export_model(
+    result = export(
         args.source,
-        out,
+        args.out,
         args.format,
         half=args.half,
         inference_mode=args.inference_mode,
         int8=args.int8,
-        calibration=calibration,
+        calibration=args.calibration,
+        calibration_images=args.calibration_images,
         min_psnr=args.min_psnr,
     )
     if result.psnr is not None:
@@ -329,11 +312,10 @@ def print_evaluations(evaluations: list, page: Path) -> None:
 
 
 def command_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from training.evaluation.evaluate import evaluate_model
-    from training.evaluation.report import write_report
+    from pix2pix.api import evaluate
 
-    evaluation = evaluate_model(args.model, args.data, args.split, **evaluation_options(args))
-    print_evaluations([evaluation], write_report([evaluation], args.out))
+    evaluation = evaluate(args.model, args.data, args.split, args.out, **evaluation_options(args))
+    print_evaluations([evaluation], Path(args.out) / "index.html")
     return 0
 
 
