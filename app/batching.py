@@ -51,6 +51,7 @@ class MicroBatcher:
         queue_size: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ):
         self.name = name
         self.run_batch = run_batch
@@ -59,6 +60,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max(1, queue_size))
         self.on_batch = on_batch
         self.on_depth = on_depth
+        self.on_wait = on_wait
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._waiting: list[_Job] = []  # taken from the queue but of another shape
         self._task: asyncio.Task | None = None
@@ -139,6 +141,9 @@ class MicroBatcher:
                 continue
             self.in_flight = len(batch)
             start = time.perf_counter()
+            if self.on_wait is not None:
+                for job in batch:
+                    self.on_wait(start - job.queued_at)
             try:
                 outputs = await loop.run_in_executor(
                     self.executor, self._stack_and_run, [job.tensor for job in batch]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 
 from fastapi import Depends, Request
 
@@ -38,13 +39,19 @@ def require_api_key(request: Request, settings: Settings = Depends(get_settings)
         )
 
 
-def get_model(
+async def get_model(
     name: str, request: Request, registry: ModelRegistry = Depends(get_registry)
-) -> ServedModel:
+) -> AsyncIterator[ServedModel]:
+    """The version of ``name`` served now, held until the request is done with it.
+
+    Async, so the look-up and the lease happen on the event loop in one step: a swap can
+    never retire the version between the two.
+    """
     served = registry.get(name)
     if served is None:
         raise ApiError(404, "model_not_found", f"no model named {name!r}; see GET /v1/models")
+    request.state.model = name
     if not served.ready:
         raise ApiError(503, "model_unavailable", f"model {name!r} is unavailable: {served.error}")
-    request.state.model = name
-    return served
+    with served.lease():
+        yield served

@@ -13,7 +13,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from app.batching import MicroBatcher
 from app.errors import ApiError, error_body
 from app.metrics import Metrics
 from app.middleware import AccessMiddleware, BodyLimitMiddleware
@@ -79,36 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         torch.set_num_threads(settings.threads)
     metrics = Metrics()
-    registry = ModelRegistry(settings)
+    registry = ModelRegistry(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        registry.load_all()
-        for served in registry.models.values():
-            metrics.model_ready.labels(served.name).set(1 if served.ready else 0)
-            metrics.load_seconds.labels(served.name).set(served.load_seconds)
-            if not served.ready:
-                continue
-            served.batcher = MicroBatcher(
-                served.name,
-                served.runtime,
-                max_batch=settings.max_batch,
-                max_wait_ms=settings.max_wait_ms,
-                queue_size=settings.queue_size,
-                on_batch=_batch_observer(metrics, served.name),
-                on_depth=metrics.queue_depth.labels(served.name).set,
-            )
-            served.batcher.start()
-        logger.info(
-            "serving %d model(s) from %s: %s",
-            sum(m.ready for m in registry.models.values()),
-            settings.models_dir,
-            ", ".join(registry.models) or "none",
-        )
+        # Loads every model, starts their batchers and watches the folder for changes.
+        await registry.start()
         yield
-        for served in registry.models.values():
-            if served.batcher is not None:
-                await served.batcher.stop()
+        await registry.stop()
 
     app = FastAPI(
         title="pix2pix",
@@ -161,16 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-            expose_headers=["X-Model", "X-Inference-Ms", "X-Request-ID"],
+            expose_headers=["X-Model", "X-Model-Version", "X-Inference-Ms", "X-Request-ID"],
         )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(AccessMiddleware, metrics=metrics)
     return app
-
-
-def _batch_observer(metrics: Metrics, name: str):
-    def observe(batch_size: int, seconds: float) -> None:
-        metrics.batch_size.labels(name).observe(batch_size)
-        metrics.inference.labels(name).observe(seconds)
-
-    return observe

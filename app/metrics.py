@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -50,3 +52,47 @@ class Metrics:
         self.model_ready = Gauge(
             "pix2pix_model_ready", "1 when the model serves", ["model"], registry=self.registry
         )
+        self.queue_wait = Histogram(
+            "pix2pix_queue_wait_seconds",
+            "Time an input waits in its model's queue before its batch runs",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_requests = Counter(
+            "pix2pix_model_requests",
+            "Translate requests per served model, by HTTP status",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "pix2pix_model_version_info",
+            "1 for the version each model serves now",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "pix2pix_model_reloads",
+            "Model folder changes handled, by outcome (added, replaced, removed, failed)",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+
+        self._versions: dict[str, str] = {}
+
+    def show_version(self, name: str, version: str) -> None:
+        """Make ``version`` the one series of ``pix2pix_model_version_info`` for ``name``."""
+        previous = self._versions.pop(name, None)
+        if previous is not None and previous != version:
+            self.model_version.remove(name, previous)
+        self.model_version.labels(name, version).set(1)
+        self._versions[name] = version
+
+    def forget_model(self, name: str) -> None:
+        """Drop the gauges of a model that is no longer served (counters keep their history)."""
+        for gauge in (self.model_ready, self.load_seconds, self.queue_depth):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+        previous = self._versions.pop(name, None)
+        if previous is not None:
+            self.model_version.remove(name, previous)

@@ -111,6 +111,9 @@ class AccessMiddleware:
             self.metrics.requests.labels(template, scope["method"], str(status)).inc()
             self.metrics.latency.labels(template).observe(seconds)
             state = scope.get("state", {})
+            # Only names the registry knows get here, so the label set stays bounded.
+            if "model" in state:
+                self.metrics.model_requests.labels(state["model"], str(status)).inc()
             record = {
                 "request_id": request_id,
                 "method": scope["method"],
@@ -118,7 +121,7 @@ class AccessMiddleware:
                 "status": status,
                 "latency_ms": round(seconds * 1000, 2),
             }
-            for key in ("model", "input_size", "batch_size", "inference_ms"):
+            for key in ("model", "model_version", "input_size", "batch_size", "inference_ms"):
                 if key in state:
                     record[key] = state[key]
             if template not in ("/healthz", "/metrics"):

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     tile_overlap: int = Field(TILE_OVERLAP, description="overlap between tiles, blended smoothly")
     threads: int = Field(0, description="inference threads per model (0 = the runtime's default)")
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503")
+    watch_models: bool = Field(
+        True,
+        description="reload model folders when they change on disk (off: POST /v1/models/reload)",
+    )
+    reload_debounce_ms: int = Field(
+        500,
+        description="quiet time after the last change in the models folder before reloading; "
+        "also how long a vanished folder may stay gone mid-deploy before it stops serving",
+    )
 
 
 @lru_cache

@@ -8,6 +8,8 @@ A run directory points at its newest checkpoint (itself a model folder) through
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from model.errors import CheckpointError, SpecError
@@ -19,6 +21,7 @@ GENERATOR_TORCHSCRIPT = "generator.torchscript.pt"
 WEIGHT_FILES = (GENERATOR_WEIGHTS, GENERATOR_ONNX, GENERATOR_TORCHSCRIPT)
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_POINTER = "latest"
+VERSION_LENGTH = 12  # hex digits: 48 bits, ample to tell apart the versions of one model
 
 
 def has_weights(folder: Path) -> bool:
@@ -58,3 +61,25 @@ def load_spec(path: str | Path) -> GeneratorSpec:
         return GeneratorSpec.load(folder / SPEC_FILENAME)
     except SpecError as error:
         raise CheckpointError(str(error)) from error
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files that make a model folder what it is: its spec and every weights file present."""
+    return [folder / name for name in (SPEC_FILENAME, *WEIGHT_FILES) if (folder / name).is_file()]
+
+
+def model_version(path: str | Path) -> str:
+    """A short hex content hash of the spec and weights of a model folder or run directory.
+
+    Two folders with the same files have the same version wherever they live, so a copy
+    deployed again is recognised as unchanged.
+    """
+    folder = resolve_model_folder(path)
+    digest = hashlib.sha256()
+    for file in model_files(folder):
+        with open(file, "rb") as stream:
+            # Name and length first, so no two different sets of files hash alike.
+            digest.update(f"{file.name}\0{os.fstat(stream.fileno()).st_size}\0".encode())
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:VERSION_LENGTH]

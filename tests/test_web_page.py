@@ -136,6 +136,8 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(
     select = page.get_by_test_id("model-select")
     expect(select).to_be_enabled()
     select.select_option("labels")
+    # The model details name the version served (a content hash of its files).
+    expect(page.locator("#model-meta")).to_contain_text(f"Version {labels['version']}")
     canvas = page.get_by_test_id("paint-canvas")
     expect(canvas).to_be_visible()
     swatches = page.get_by_test_id("palette-swatch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.dependencies import get_registry
 from app.registry import ModelRegistry
@@ -19,7 +19,9 @@ class Alive(BaseModel):
 
 class ModelReadiness(BaseModel):
     ready: bool
-    error: str | None
+    error: str | None = Field(
+        description="why the model is unavailable, or why a newer version was refused"
+    )
 
 
 class Readiness(BaseModel):
@@ -38,7 +40,8 @@ def healthz() -> Alive:
     summary="Models are loaded",
     responses={503: {"model": Readiness, "description": "no model is ready"}},
 )
-def readyz(registry: ModelRegistry = Depends(get_registry)):
+async def readyz(registry: ModelRegistry = Depends(get_registry)):
+    # On the event loop, where the registry changes, so the answer is never half a swap.
     readiness = Readiness(
         ready=any(m.ready for m in registry.models.values()),
         models={

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.batching import QueueFull
 from app.dependencies import get_model, get_registry, get_settings, require_api_key
@@ -54,13 +54,32 @@ class ModelInfo(BaseModel):
     pad_multiple: int | None
     inference_mode: str | None
     runtime: str
+    version: str | None = Field(
+        description="short content hash of the weights and spec being served"
+    )
     status: str
-    error: str | None
+    error: str | None = Field(
+        description="why the model is unavailable, or why a newer version in its folder was "
+        "refused while this one keeps serving"
+    )
     load_seconds: float
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+class RefusedModel(BaseModel):
+    name: str
+    error: str
+
+
+class ReloadResult(BaseModel):
+    added: list[str]
+    replaced: list[str]
+    removed: list[str]
+    failed: list[RefusedModel]
+    unchanged: list[str]
 
 
 def describe(served: ServedModel) -> ModelInfo:
@@ -80,6 +99,7 @@ def describe(served: ServedModel) -> ModelInfo:
         pad_multiple=spec.pad_multiple if spec else None,
         inference_mode=spec.inference_mode if spec else None,
         runtime=served.runtime_name,
+        version=served.version,
         status="ready" if served.ready else "unavailable",
         error=served.error,
         load_seconds=round(served.load_seconds, 3),
@@ -87,7 +107,8 @@ def describe(served: ServedModel) -> ModelInfo:
 
 
 @router.get("/models", response_model=ModelList, summary="List the served models")
-def list_models(registry: ModelRegistry = Depends(get_registry)) -> ModelList:
+async def list_models(registry: ModelRegistry = Depends(get_registry)) -> ModelList:
+    # On the event loop, where the registry changes, so the listing is never half a swap.
     return ModelList(models=[describe(m) for m in registry.models.values()])
 
 
@@ -111,6 +132,10 @@ IMAGE_RESPONSE = {
         "description": "the translated image, the same size as the input",
         "headers": {
             "X-Model": {"description": "model that produced it", "schema": {"type": "string"}},
+            "X-Model-Version": {
+                "description": "version (content hash) of the model that produced it",
+                "schema": {"type": "string"},
+            },
             "X-Inference-Ms": {
                 "description": "time spent in the network",
                 "schema": {"type": "number"},
@@ -118,6 +143,27 @@ IMAGE_RESPONSE = {
         },
     }
 }
+
+
+@router.post(
+    "/models/reload",
+    response_model=ReloadResult,
+    summary="Scan the models folder now: add, replace and remove models",
+    description="For file systems without change events, or with PIX2PIX_WATCH_MODELS=false. "
+    "Answers once the scan is done; a new version that fails to load is listed under "
+    "`failed` and the old one keeps serving.",
+    responses={401: ERRORS[401]},
+    dependencies=[Depends(require_api_key)],
+)
+async def reload_models(registry: ModelRegistry = Depends(get_registry)) -> ReloadResult:
+    report = await registry.reload()
+    return ReloadResult(
+        added=report.added,
+        replaced=report.replaced,
+        removed=report.removed,
+        failed=[RefusedModel(name=name, error=error) for name, error in report.failed.items()],
+        unchanged=report.unchanged,
+    )
 
 
 @router.post(
@@ -147,6 +193,7 @@ async def translate(
         _prepare, data, spec, settings, resize.value
     )
     request.state.input_size = f"{width}x{height}"
+    request.state.model_version = served.version
     try:
         batch_size, inference_ms = await _run(served, plan, settings)
     except QueueFull as error:
@@ -162,7 +209,11 @@ async def translate(
     return Response(
         content=body,
         media_type=media_type,
-        headers={"X-Model": served.name, "X-Inference-Ms": f"{inference_ms:.2f}"},
+        headers={
+            "X-Model": served.name,
+            "X-Model-Version": served.version or "unknown",
+            "X-Inference-Ms": f"{inference_ms:.2f}",
+        },
     )
 
 

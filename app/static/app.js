@@ -219,6 +219,7 @@
       items.push(["Trained at", `${model.train_size} px`]);
       if (model.color_space === "lab") items.push(["Color", "Lab"]);
       if (model.runtime) items.push(["Runtime", model.runtime]);
+      if (model.version) items.push(["Version", model.version]);
       if (model.status !== "ready") items.push(["Status", "unavailable"]);
     }
     ui.modelMeta.replaceChildren(
@@ -342,10 +343,17 @@
       await showOutput(result, {
         model: response.headers.get("X-Model") || model.name,
         inferenceMs: response.headers.get("X-Inference-Ms"),
+        version: response.headers.get("X-Model-Version"),
         roundTripMs,
         stem: fileStem(name),
         extension: FORMAT_EXTENSIONS[format] || format,
       });
+      const version = response.headers.get("X-Model-Version");
+      if (version && state.model === model && model.version !== version) {
+        // The server swapped in a new version of this model since the list was read.
+        model.version = version;
+        renderModelMeta(model);
+      }
       if (sequence === state.sequence) clearError();
     } catch (error) {
       if (error.name === "AbortError" || sequence !== state.sequence) return;
@@ -379,6 +387,7 @@
       rows.push(["Inference", `${Number(info.inferenceMs).toFixed(1)} ms`]);
     }
     rows.push(["Round trip", `${Math.round(info.roundTripMs)} ms`]);
+    if (info.version) rows.push(["Version", info.version]);
     rows.push(["Size", `${image.naturalWidth} × ${image.naturalHeight} px`]);
     rows.push(["File", `${info.extension.toUpperCase()} · ${formatBytes(blob.size)}`]);
     ui.stats.replaceChildren(
