@@ -38,12 +38,7 @@ from model.checkpoint import (
 )
 from model.cpu_features import native_bf16
 from model.files import write_text_atomic
-from model.networks import (
-    PatchDiscriminator,
-    build_generator,
-    init_weights,
-    release_gradients,
-)
+from model.networks import PatchDiscriminator, build_generator, init_weights
 from model.processing import decode_output, input_preview
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.config import Config, ConfigError, config_from_dict
@@ -374,7 +369,7 @@ class Trainer:
             # each generated pair once.
             pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
             for _ in range(train.d_steps):
-                release_gradients(self.discriminator)
+                self.optimizer_d.zero_grad(set_to_none=True)
                 with self.autocast():
                     logits_fake = self.discriminator_step(pool_a, pool_fake)
                     logits_real = self.discriminator_step(real_a, real_b)
@@ -388,7 +383,7 @@ class Trainer:
             accuracy_fake = (logits_fake.detach().float() <= threshold).float().mean()
 
         # Generator: fool the (frozen) discriminator and stay close to B in L1.
-        release_gradients(self.generator)
+        self.optimizer_g.zero_grad(set_to_none=True)
         loss_g_gan = zero
         if adversarial:
             self.discriminator.requires_grad_(False)
