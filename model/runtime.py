@@ -14,6 +14,7 @@ on a short warm-up and keeps the fastest.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import time
@@ -110,10 +111,9 @@ class TorchRuntime:
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.generator = generator.to(self.device, memory_format=self.memory_format)
         if compile:
-            import torch._inductor.config as inductor
-
-            inductor.freezing = True  # inference only: fold weights into prepacked constants
-        self.module = torch.compile(self.generator) if compile else self.generator
+            self.module = torch.compile(self.generator, options=_inference_compile_options())
+        else:
+            self.module = self.generator
         suffix = "" if precision == "fp32" else f"-{precision}"
         self.name = f"torch-compile{suffix}" if compile else f"torch{suffix}"
 
@@ -128,6 +128,22 @@ class TorchRuntime:
                 with torch.autocast(self.device.type, dtype=self.dtype):
                     output = self.module(inputs)
             return output.float().cpu().numpy()
+
+
+@functools.cache
+def _inference_compile_options() -> dict:
+    """Inductor's freezing, which folds the weights into prepacked constants (inference only),
+    where this torch's inductor still has that option; asked once."""
+    import torch
+
+    options = {"freezing": True}
+    try:
+        torch.compile(torch.nn.Identity(), options=options)  # checks the options, compiles later
+    except RuntimeError as error:
+        reason = str(error).split(", known options")[0]  # the rest lists every option
+        logger.warning("torch %s: compiling without freezing (%s)", torch.__version__, reason)
+        return {}
+    return options
 
 
 class TorchScriptRuntime:
