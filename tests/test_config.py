@@ -1,10 +1,12 @@
 """Run configuration: TOML files, command-line overrides, and errors that name the key."""
 
+import typing
 from pathlib import Path
 
 import pytest
 
 from pix2pix.cli import UsageError, parse_overrides
+from training import config as config_module
 from training.config import ConfigError, config_from_dict, load_config
 
 
@@ -87,3 +89,9 @@ def test_override_parsing():
         parse_overrides(["--a"])
     with pytest.raises(UsageError, match="unexpected argument"):
         parse_overrides(["stray"])
+
+
+# Both spellings of an optional field: the old one is a different type at runtime.
+@pytest.mark.parametrize("kind", [int | None, typing.Optional[int]])  # noqa: UP045
+def test_optional_fields_take_their_inner_type_from_the_command_line(kind):
+    assert config_module._coerce("train.example", " 3 ", kind) == 3

@@ -198,7 +198,7 @@ def _field_types(cls) -> dict[str, Any]:
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Check a TOML value, or convert a command-line string, to the field's type."""
-    if isinstance(kind, types.UnionType | typing._UnionGenericAlias):  # type: ignore[attr-defined]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if isinstance(value, str) and kind is not str:
         text = value.strip()
