@@ -24,7 +24,8 @@ MATMUL_MAX_ROWS = 256
 
 def convolution(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)``, run as unfold/fold around one GEMM when ``layer`` is a 4x4 stride-2
-    (transposed) convolution training on a small map on the CPU."""
+    (transposed) convolution training on a small map on the CPU. The GEMM form reads the
+    layer's parameters but does not call it, so hooks on ``layer`` see only the stock calls."""
     if not _gemm_allowed(layer, x):
         return layer(x)
     batch, _, height, width = x.shape
