@@ -1,9 +1,12 @@
 """Dynamic micro-batching: requests of one shape that arrive close together run as one batch.
 
-Each model has a bounded queue and one worker task. The worker takes the oldest request,
-gathers others of the same input shape that are already waiting or arrive within
-``max_wait_ms`` (up to ``max_batch``), and runs the batch on a dedicated thread, off the
-event loop. A full queue refuses new work at once (the route answers 503).
+Each model has a bounded queue and one worker task. The worker takes the next input in fair
+shares between image sizes (:class:`~app.scheduling.FairQueue`: the route says how large the
+request's whole image is), gathers others of the same shape that are already waiting or arrive
+within ``max_wait_ms`` (up to ``max_batch`` inputs and ``max_batch_pixels`` pixels), and runs
+the batch on a dedicated low-priority thread, off the event loop. So a small request overtakes
+the queued tiles of a large image, and waits for at most one batch of them. A full queue
+refuses new work at once (the route answers 503).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from app.scheduling import FairQueue, Ticket
+from app.workers import lower_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ class MicroBatcher:
         name: str,
         run_batch: Callable[[np.ndarray], np.ndarray],
         max_batch: int = 8,
+        max_batch_pixels: int = 0,
         max_wait_ms: float = 10.0,
         queue_size: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
@@ -56,13 +63,17 @@ class MicroBatcher:
         self.name = name
         self.run_batch = run_batch
         self.max_batch = max(1, max_batch)
+        self.max_batch_pixels = max(0, max_batch_pixels)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max(1, queue_size))
+        self.queue_size = max(1, queue_size)
         self.on_batch = on_batch
         self.on_depth = on_depth
         self.on_wait = on_wait
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
-        self._waiting: list[_Job] = []  # taken from the queue but of another shape
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"infer-{name}", initializer=lower_thread_priority
+        )
+        self._pending: FairQueue[_Job] = FairQueue()
+        self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.in_flight = 0
 
@@ -74,22 +85,28 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._waiting:
+        for job in self._pending.drain():
             if not job.future.done():
                 job.future.cancel()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize() + len(self._waiting)
+        return len(self._pending)
 
-    async def submit(self, tensor: np.ndarray) -> BatchResult:
-        """Queue one (C, H, W) input and wait for its output; raises QueueFull at the bound."""
+    async def submit(self, tensor: np.ndarray, ticket: Ticket | None = None) -> BatchResult:
+        """Queue one (C, H, W) input and wait for its output; raises QueueFull at the bound.
+
+        ``ticket``: the request this input is for, maybe one tile of its image (default: a
+        request of this input alone, arriving now).
+        """
+        if len(self._pending) >= self.queue_size:
+            raise QueueFull(f"model {self.name} has {self.depth} requests waiting")
         future = asyncio.get_running_loop().create_future()
-        try:
-            self.queue.put_nowait(_Job(tensor, future))
-        except asyncio.QueueFull:
-            raise QueueFull(f"model {self.name} has {self.depth} requests waiting") from None
+        pixels = _pixels(tensor.shape)
+        ticket = ticket or Ticket(pixels, time.perf_counter())
+        self._pending.push(_Job(tensor, future), ticket, pixels)
+        self._arrived.set()
         self._report_depth()
         return await future
 
@@ -97,35 +114,37 @@ class MicroBatcher:
         if self.on_depth is not None:
             self.on_depth(self.depth)
 
-    def _take_same_shape(self, shape: tuple, batch: list[_Job]) -> None:
-        keep = []
-        for job in self._waiting:
-            if len(batch) < self.max_batch and job.tensor.shape == shape:
-                batch.append(job)
-            else:
-                keep.append(job)
-        self._waiting = keep
+    def _batch_limit(self, shape: tuple) -> int:
+        """How many inputs of ``shape`` one batch may hold."""
+        if not self.max_batch_pixels:
+            return self.max_batch
+        return max(1, min(self.max_batch, self.max_batch_pixels // _pixels(shape)))
+
+    def _take_same_shape(self, batch: list[_Job], limit: int) -> None:
+        """Move waiting inputs of the batch's shape into it, whatever their size class."""
+        shape = batch[0].tensor.shape
+        batch += self._pending.take(lambda job: job.tensor.shape == shape, limit - len(batch))
 
     async def _next_batch(self) -> list[_Job]:
-        first = self._waiting.pop(0) if self._waiting else await self.queue.get()
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        first = self._pending.pop()
+        assert first is not None
         batch = [first]
-        self._take_same_shape(first.tensor.shape, batch)
+        limit = self._batch_limit(batch[0].tensor.shape)
+        self._take_same_shape(batch, limit)
         deadline = time.perf_counter() + self.max_wait
-        while len(batch) < self.max_batch:
+        while len(batch) < limit:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
             try:
-                job = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if job.tensor.shape == first.tensor.shape:
-                batch.append(job)
-            else:
-                self._waiting.append(job)
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+            self._take_same_shape(batch, limit)
         return [job for job in batch if not job.future.cancelled()]
 
     def _stack_and_run(self, inputs: list[np.ndarray]) -> np.ndarray:
@@ -162,3 +181,8 @@ class MicroBatcher:
             for job, output in zip(batch, outputs, strict=True):
                 if not job.future.done():
                     job.future.set_result(BatchResult(output, len(batch), milliseconds))
+
+
+def _pixels(shape: tuple) -> int:
+    """Pixels of one (C, H, W) input."""
+    return max(1, int(shape[-2]) * int(shape[-1]))

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from app.errors import ApiError
 from app.registry import ModelRegistry, ServedModel
 from app.settings import Settings
+from app.workers import ImageWorkers
 
 
 def get_settings(request: Request) -> Settings:
@@ -18,6 +19,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
+
+
+def get_image_workers(request: Request) -> ImageWorkers:
+    return request.app.state.image_workers
 
 
 def require_api_key(request: Request, settings: Settings = Depends(get_settings)) -> None:

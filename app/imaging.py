@@ -21,6 +21,11 @@ def decode_upload(data: bytes, max_side: int, max_pixels: int) -> Image.Image:
 
     The header is checked against the limits before any pixel is decoded.
     """
+    return load_upload(open_upload(data, max_side, max_pixels))
+
+
+def open_upload(data: bytes, max_side: int, max_pixels: int) -> Image.Image:
+    """Bytes -> an image whose header is read and checked against the limits (no pixels yet)."""
     if not data:
         raise ApiError(422, "empty_image", "the uploaded file is empty")
     try:
@@ -45,6 +50,11 @@ def decode_upload(data: bytes, max_side: int, max_pixels: int) -> Image.Image:
             f"image is {width}x{height}; the limit is {max_side} px per side and "
             f"{max_pixels} pixels",
         )
+    return image
+
+
+def load_upload(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an image from ``open_upload``; a truncated file is a clear error."""
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from app.middleware import AccessMiddleware, BodyLimitMiddleware
 from app.registry import ModelRegistry
 from app.routes import health, models
 from app.settings import Settings
+from app.workers import ImageWorkers, cpu_count, lower_thread_priority
 from model.runtime import torch_available
 
 logger = logging.getLogger(__name__)
@@ -79,13 +82,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.threads)
     metrics = Metrics()
     registry = ModelRegistry(settings, metrics)
+    image_workers = ImageWorkers(
+        settings.image_threads or cpu_count(), on_depth=metrics.image_queue_depth.set
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Work sent to threads with asyncio.to_thread (loading models, hashing their files)
+        # runs below the event loop's priority too, and so do the threads those start, such
+        # as ONNX Runtime's.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(thread_name_prefix="service", initializer=lower_thread_priority)
+        )
+        image_workers.start()
         # Loads every model, starts their batchers and watches the folder for changes.
         await registry.start()
         yield
         await registry.stop()
+        await image_workers.stop()
 
     app = FastAPI(
         title="pix2pix",
@@ -96,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.image_workers = image_workers
 
     app.include_router(models.router)
     app.include_router(health.router)

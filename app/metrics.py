@@ -43,6 +43,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "pix2pix_queue_depth", "Requests waiting per model", ["model"], registry=self.registry
         )
+        self.image_queue_depth = Gauge(
+            "pix2pix_image_queue_depth",
+            "Image jobs (decode, prepare, blend, encode) waiting for an image worker thread",
+            registry=self.registry,
+        )
         self.load_seconds = Gauge(
             "pix2pix_model_load_seconds",
             "Seconds taken to load each model",

@@ -23,6 +23,7 @@ from pathlib import Path
 from app.batching import MicroBatcher
 from app.metrics import Metrics
 from app.settings import Settings
+from app.workers import inference_threads
 from model.errors import CheckpointError, SpecError
 from model.folders import model_files, model_version, resolve_model_folder
 from model.runtime import Runtime, load_model
@@ -334,7 +335,8 @@ class ModelRegistry:
                 folder,
                 runtime=self.settings.runtime,
                 device=self.settings.device,
-                threads=self.settings.threads,
+                threads=inference_threads(self.settings.threads),
+                spinning=False,
             )
             served.spec, served.runtime = loaded.spec, loaded.runtime
             served.runtime_timings_ms = loaded.timings_ms
@@ -373,6 +375,7 @@ class ModelRegistry:
             name,
             served.runtime,
             max_batch=settings.max_batch,
+            max_batch_pixels=settings.max_batch_pixels,
             max_wait_ms=settings.max_wait_ms,
             queue_size=settings.queue_size,
             on_batch=observe,

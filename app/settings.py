@@ -28,11 +28,25 @@ class Settings(BaseSettings):
     max_side: int = Field(4096, description="largest accepted image side, in pixels")
     max_pixels: int = Field(4096 * 4096, description="largest accepted width x height")
     max_batch: int = Field(8, description="largest micro-batch run at once")
+    max_batch_pixels: int = Field(
+        512 * 512,
+        description="largest micro-batch in input pixels (a larger crop runs alone), so a "
+        "small request never waits long behind a batch of large tiles; 0 = no limit",
+    )
     max_wait_ms: float = Field(10.0, description="how long a request waits for batch-mates")
     queue_size: int = Field(64, description="pending requests per model before 503")
     tile_size: int = Field(TILE_SIZE, description="images larger than this are translated in tiles")
     tile_overlap: int = Field(TILE_OVERLAP, description="overlap between tiles, blended smoothly")
-    threads: int = Field(0, description="inference threads per model (0 = the runtime's default)")
+    threads: int = Field(
+        0,
+        description="inference threads per model (0: half the CPUs, at least one, with ONNX "
+        "Runtime; torch's own default with torch runtimes)",
+    )
+    image_threads: int = Field(
+        0,
+        description="threads that decode, prepare, blend and encode images of any size (0 = "
+        "one per CPU); one more takes only images up to 256x256",
+    )
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503")
     watch_models: bool = Field(
         True,

@@ -133,20 +133,37 @@ def label_ids_from_image(image: Image.Image, spec: GeneratorSpec, tolerance: int
 
 def ids_from_colors(rgb: np.ndarray, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
     """Color-coded label map (H, W, 3) -> class ids; every color must be a palette color."""
-    colors = np.array([c.color for c in spec.palette], dtype=np.int16)
+    colors = np.array([c.color for c in spec.palette], dtype=np.int32)
     ids = np.array([c.id for c in spec.palette], dtype=np.uint8)
-    flat = rgb.reshape(-1, 3).astype(np.int16)
-    unique, inverse = np.unique(flat, axis=0, return_inverse=True)
-    distance = np.abs(unique[:, None, :] - colors[None, :, :]).max(axis=2)
+    # One int32 key per color: sorting and comparing keys is far faster than rows of three.
+    keys = _color_keys(rgb.reshape(-1, 3))
+    # Exact palette colors, nearly every pixel of a real map, by binary search in the palette;
+    # a color listed twice means its first class, as argmin picks below.
+    palette_keys, first = np.unique(_color_keys(colors), return_index=True)
+    slot = np.minimum(np.searchsorted(palette_keys, keys), len(palette_keys) - 1)
+    exact = palette_keys[slot] == keys
+    result = ids[first][slot]
+    if exact.all():
+        return result.reshape(rgb.shape[:2])
+    unique, inverse = np.unique(keys[~exact], return_inverse=True)
+    unique_rgb = np.stack([unique >> 16, (unique >> 8) & 255, unique & 255], axis=1)
+    distance = np.abs(unique_rgb[:, None, :] - colors[None, :, :]).max(axis=2)
     nearest = distance.argmin(axis=1)
     bad = distance[np.arange(len(unique)), nearest] > tolerance
     if bad.any():
-        shown = ", ".join(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in unique[bad][:10])
+        shown = ", ".join(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in unique_rgb[bad][:10])
         raise InputError(
             f"label map has {int(bad.sum())} color(s) not in the palette: {shown}"
             + (f" (tolerance {tolerance})" if tolerance else "")
         )
-    return ids[nearest][inverse.reshape(-1)].reshape(rgb.shape[:2])
+    result[~exact] = ids[nearest][inverse.reshape(-1)]
+    return result.reshape(rgb.shape[:2])
+
+
+def _color_keys(colors: np.ndarray) -> np.ndarray:
+    """(N, 3) colors in 0..255 -> (N,) int32 0xRRGGBB, ordered as the rows are."""
+    colors = colors.astype(np.int32)
+    return (colors[:, 0] << 16) | (colors[:, 1] << 8) | colors[:, 2]
 
 
 def prepare_input(image: Image.Image, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:

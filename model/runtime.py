@@ -167,13 +167,17 @@ class TorchScriptRuntime:
 class OnnxRuntime:
     """ONNX Runtime session; uses the CUDA provider when it is installed and asked for."""
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int = 0):
+    def __init__(self, path: Path, device: str = "cpu", threads: int = 0, spinning: bool = True):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            # Idle pool threads sleep instead of spinning, which in a service takes the CPU
+            # from the event loop and from the threads doing the other requests' work.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = onnxruntime.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in available:
@@ -221,7 +225,14 @@ def candidate_names(folder: Path, device: str) -> list[str]:
     return names
 
 
-def build_runtime(name: str, folder: Path, spec: GeneratorSpec, device: str, threads: int = 0):
+def build_runtime(
+    name: str,
+    folder: Path,
+    spec: GeneratorSpec,
+    device: str,
+    threads: int = 0,
+    spinning: bool = True,
+):
     if name not in RUNTIMES:
         raise CheckpointError(f"unknown runtime {name!r} (choose from auto, {', '.join(RUNTIMES)})")
     if name == "onnx":
@@ -233,7 +244,7 @@ def build_runtime(name: str, folder: Path, spec: GeneratorSpec, device: str, thr
                 f"{folder}: the spec asks for train-mode inference (dropout at test time), "
                 "which the ONNX export does not carry; use the torch runtime"
             )
-        return OnnxRuntime(path, device, threads)
+        return OnnxRuntime(path, device, threads, spinning)
     if not torch_available():
         raise CheckpointError(f"runtime {name} needs PyTorch, which is not installed")
     if name == "torchscript":
@@ -261,18 +272,23 @@ def time_runtime(runtime: Runtime, spec: GeneratorSpec, repeats: int = 2) -> flo
 
 
 def load_model(
-    path: str | Path, runtime: str = "auto", device: str = "auto", threads: int = 0
+    path: str | Path,
+    runtime: str = "auto",
+    device: str = "auto",
+    threads: int = 0,
+    spinning: bool = True,
 ) -> LoadedModel:
     """Spec plus a ready runtime for a model folder, checkpoint or run directory.
 
     ``auto`` builds every runtime the folder and install support, times each on a warm-up
     batch and keeps the fastest; a runtime that fails to build is logged and skipped.
+    ``spinning=False`` lets ONNX Runtime's idle threads sleep (for a service sharing the CPU).
     """
     folder = resolve_model_folder(path)
     spec = load_spec(folder)
     if runtime != "auto":
         device = resolve_device(device, onnx_only=runtime == "onnx")
-        built = build_runtime(runtime, folder, spec, device, threads)
+        built = build_runtime(runtime, folder, spec, device, threads, spinning)
         return LoadedModel(spec, built, folder, {built.name: time_runtime(built, spec)})
     names = candidate_names(folder, device)
     if spec.inference_mode == "train":
@@ -286,7 +302,7 @@ def load_model(
     best, best_name, timings, errors = None, "", {}, []
     for name in names:
         try:
-            candidate = build_runtime(name, folder, spec, device, threads)
+            candidate = build_runtime(name, folder, spec, device, threads, spinning)
             timings[name] = time_runtime(candidate, spec)
         except (CheckpointError, RuntimeError, OSError) as error:
             errors.append(f"{name}: {error}")

@@ -78,6 +78,14 @@ def test_color_tolerance_allows_jpeg_noise_only_when_asked():
     ]
 
 
+def test_exact_and_noisy_colors_in_one_label_map_each_find_their_class():
+    rgb = np.array([[[0, 0, 255], [2, 252, 1]], [[128, 128, 128], [130, 126, 129]]], dtype=np.uint8)
+    ids = prepare_input(Image.fromarray(rgb), spec_for("label_map"), tolerance=4)
+    assert ids.tolist() == [[0, 3], [7, 7]]
+    with pytest.raises(InputError, match=r"2 color\(s\) not in the palette: #02fc01, #827e81$"):
+        prepare_input(Image.fromarray(rgb), spec_for("label_map"))
+
+
 def test_unknown_class_ids_are_named():
     ids = np.array([[0, 9]], dtype=np.uint8)
     with pytest.raises(InputError, match="class ids not in the palette: 9"):

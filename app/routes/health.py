@@ -30,7 +30,8 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Alive, summary="The process is alive")
-def healthz() -> Alive:
+async def healthz() -> Alive:
+    # On the event loop: a plain function would wait for a thread-pool slot like other work.
     return Alive(status="ok")
 
 

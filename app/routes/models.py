@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from enum import StrEnum
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
 from app.batching import QueueFull
-from app.dependencies import get_model, get_registry, get_settings, require_api_key
+from app.dependencies import (
+    get_image_workers,
+    get_model,
+    get_registry,
+    get_settings,
+    require_api_key,
+)
 from app.errors import ApiError, ErrorResponse
-from app.imaging import FORMATS, decode_upload, encode_image
+from app.imaging import FORMATS, encode_image, load_upload, open_upload
 from app.registry import ModelRegistry, ServedModel
+from app.scheduling import Ticket
 from app.settings import Settings
+from app.workers import ImageWorkers
 from model.errors import InputError
 from model.plan import TranslationPlan, plan_translation
 from model.processing import decode_output, encode_input, prepare_input
@@ -184,18 +192,24 @@ async def translate(
     ),
     served: ServedModel = Depends(get_model),
     settings: Settings = Depends(get_settings),
+    workers: ImageWorkers = Depends(get_image_workers),
 ) -> Response:
     spec = served.spec
     assert spec is not None and served.batcher is not None
+    arrived = time.perf_counter()
     data = await image.read()
-    # Decoding and encoding are CPU work: one trip to the thread pool each way.
-    array, plan, (width, height) = await run_in_threadpool(
-        _prepare, data, spec, settings, resize.value
-    )
+    # Image work runs on the image workers, never on the event loop. The header is read first,
+    # as the smallest work there is, so that the rest is scheduled by the image's size.
+    opened = await workers.run(Ticket(1, arrived), 1, _open, data, settings)
+    width, height = opened.size
+    ticket = Ticket(width * height, arrived)
     request.state.input_size = f"{width}x{height}"
     request.state.model_version = served.version
+    array, plan = await workers.run(
+        ticket, ticket.pixels, _prepare, opened, spec, settings, resize.value
+    )
     try:
-        batch_size, inference_ms = await _run(served, plan, settings)
+        batch_size, inference_ms = await _run(served, plan, settings, workers, ticket)
     except QueueFull as error:
         raise ApiError(
             503,
@@ -205,7 +219,9 @@ async def translate(
         ) from None
     request.state.batch_size = batch_size
     request.state.inference_ms = round(inference_ms, 2)
-    body, media_type = await run_in_threadpool(_finish, plan, spec, array, format.value)
+    body, media_type = await workers.run(
+        ticket, ticket.pixels, _finish, plan, spec, array, format.value
+    )
     return Response(
         content=body,
         media_type=media_type,
@@ -217,16 +233,26 @@ async def translate(
     )
 
 
-def _prepare(data: bytes, spec, settings: Settings, resize: str):
-    """Upload bytes -> (canonical input array, its translation plan, uploaded (width, height))."""
-    decoded = decode_upload(data, settings.max_side, settings.max_pixels)
+def _open(data: bytes, settings: Settings) -> Image.Image:
+    """Upload bytes -> the image with its header read and checked, its pixels not yet."""
+    return open_upload(data, settings.max_side, settings.max_pixels)
+
+
+def _prepare(opened: Image.Image, spec, settings: Settings, resize: str):
+    """An opened upload -> (canonical input array, its translation plan)."""
+    decoded = load_upload(opened)
     try:
         array = prepare_input(decoded, spec)
     except InputError as error:
         raise ApiError(422, "invalid_input", str(error)) from None
     encoded = encode_input(array, spec)
     plan = plan_translation(encoded, spec, resize, settings.tile_size, settings.tile_overlap)
-    return array, plan, decoded.size
+    return array, plan
+
+
+def _blend(plan: TranslationPlan, indices: range, outputs: list[np.ndarray]) -> None:
+    for index, output in zip(indices, outputs, strict=True):
+        plan.add(index, output)
 
 
 def _finish(plan: TranslationPlan, spec, array: np.ndarray, format_name: str):
@@ -235,7 +261,13 @@ def _finish(plan: TranslationPlan, spec, array: np.ndarray, format_name: str):
     return encode_image(image, format_name)
 
 
-async def _run(served: ServedModel, plan: TranslationPlan, settings: Settings) -> tuple[int, float]:
+async def _run(
+    served: ServedModel,
+    plan: TranslationPlan,
+    settings: Settings,
+    workers: ImageWorkers,
+    ticket: Ticket,
+) -> tuple[int, float]:
     """The plan's crops through the micro-batcher; returns (largest batch, network ms)."""
     assert served.batcher is not None
     total_ms, largest = 0.0, 0
@@ -243,10 +275,12 @@ async def _run(served: ServedModel, plan: TranslationPlan, settings: Settings) -
     step = max(1, settings.max_batch)
     for start in range(0, len(plan.boxes), step):
         indices = range(start, min(start + step, len(plan.boxes)))
-        results = await asyncio.gather(*(served.batcher.submit(plan.crop(i)) for i in indices))
-        for index, result in zip(indices, results, strict=True):
-            # Blending is CPU work: on the thread pool, so a large image never stalls the loop.
-            await run_in_threadpool(plan.add, index, result.output)
+        results = await asyncio.gather(
+            *(served.batcher.submit(plan.crop(i), ticket) for i in indices)
+        )
+        outputs = [result.output for result in results]
+        pixels = len(indices) * plan.tile[0] * plan.tile[1]
+        await workers.run(ticket, pixels, _blend, plan, indices, outputs)
         largest = max(largest, *(r.batch_size for r in results))
         total_ms += max(r.inference_ms for r in results)
     return largest, total_ms
