@@ -6,6 +6,7 @@ import functools
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from model.fast_paths import convolution, dense_gradient
 from model.spec import GeneratorArchitecture
@@ -28,6 +29,36 @@ def _conv_bias(norm: str) -> bool:
     return norm != "batch"
 
 
+class ResizeConv(nn.Module):
+    """2x nearest-neighbour upsampling, then a 3x3 convolution: the decoder's alternative to a
+    4x4 stride-2 transposed convolution, with the same channel counts.
+
+    A transposed convolution gives each of the four pixels of a 2x2 output cell its own 2x2
+    kernel; where those kernels' sums drift apart, even a flat region comes out as a 2-pixel
+    grid. Here every output pixel reads a 3x3 window of input copies, so the four sum the same
+    weights and a flat input stays flat (Odena et al., "Deconvolution and Checkerboard
+    Artifacts", 2016).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, bias: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return convolution(self.conv, functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def upsampling(kind: str, in_channels: int, out_channels: int, *, bias: bool) -> nn.Module:
+    """The layer that doubles a decoder map: ``transpose`` or ``resize`` (see ``ResizeConv``)."""
+    if kind == "transpose":
+        return nn.ConvTranspose2d(
+            in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias
+        )
+    if kind == "resize":
+        return ResizeConv(in_channels, out_channels, bias=bias)
+    raise ValueError(f"unknown upsample {kind!r} (expected transpose or resize)")
+
+
 class DownBlock(nn.Module):
     """Encoder step: [LeakyReLU] -> 4x4 conv stride 2 -> [norm]."""
 
@@ -45,14 +76,20 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Decoder step: ReLU -> 4x4 transposed conv stride 2 -> norm -> [dropout 0.5]."""
+    """Decoder step: ReLU -> 2x upsampling conv (see ``upsampling``) -> norm -> [dropout 0.5]."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str, *, dropout: bool):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm: str,
+        *,
+        dropout: bool,
+        upsample: str = "transpose",
+    ):
         super().__init__()
         self.activation = nn.ReLU(inplace=True)
-        self.conv = nn.ConvTranspose2d(
-            in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=_conv_bias(norm)
-        )
+        self.conv = upsampling(upsample, in_channels, out_channels, bias=_conv_bias(norm))
         self.norm = norm_layer(norm, out_channels)
         self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
 
@@ -65,7 +102,8 @@ class UNetGenerator(nn.Module):
 
     With ``num_downs`` = 8 and ``base_width`` = 64 the encoder is C64-C128-C256-C512-C512-C512-
     C512-C512 and a 256x256 input reaches a 1x1 bottleneck; ``num_downs`` = 7 suits 128 px.
-    Inputs must have sides divisible by ``2 ** num_downs``.
+    Inputs must have sides divisible by ``2 ** num_downs``. ``upsample`` chooses the decoder's
+    upsampling layers: the paper's transposed convolutions or ``ResizeConv``.
     """
 
     def __init__(
@@ -76,6 +114,7 @@ class UNetGenerator(nn.Module):
         base_width: int = 64,
         norm: str = "batch",
         dropout: bool = True,
+        upsample: str = "transpose",
     ):
         super().__init__()
         if num_downs < 1:
@@ -98,12 +137,18 @@ class UNetGenerator(nn.Module):
             inner = widths[level] if level == num_downs - 1 else widths[level] * 2
             depth_from_bottom = num_downs - 1 - level
             self.decoder.append(
-                UpBlock(inner, widths[level - 1], norm, dropout=dropout and depth_from_bottom < 3)
+                UpBlock(
+                    inner,
+                    widths[level - 1],
+                    norm,
+                    dropout=dropout and depth_from_bottom < 3,
+                    upsample=upsample,
+                )
             )
         outer_input = widths[0] * 2 if num_downs > 1 else widths[0]
         self.output = nn.Sequential(
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(outer_input, out_channels, kernel_size=4, stride=2, padding=1),
+            upsampling(upsample, outer_input, out_channels, bias=True),
             nn.Tanh(),
         )
 
@@ -188,6 +233,7 @@ def build_generator(architecture: GeneratorArchitecture, in_channels: int, out_c
         base_width=architecture.base_width,
         norm=architecture.norm,
         dropout=architecture.dropout,
+        upsample=architecture.upsample,
     )
 
 

@@ -21,11 +21,13 @@ SPEC_FILENAME = "spec.json"
 InputKind = Literal["photo", "grayscale", "label_map"]
 ColorSpace = Literal["rgb", "lab"]
 NormKind = Literal["batch", "instance", "none"]
+UpsampleKind = Literal["transpose", "resize"]
 InferenceMode = Literal["eval", "train"]
 
 INPUT_KINDS = ("photo", "grayscale", "label_map")
 COLOR_SPACES = ("rgb", "lab")
 NORM_KINDS = ("batch", "instance", "none")
+UPSAMPLE_KINDS = ("transpose", "resize")
 INFERENCE_MODES = ("eval", "train")
 DIRECTIONS = ("AtoB", "BtoA")
 
@@ -48,13 +50,20 @@ class LabelClass:
 
 @dataclass(frozen=True)
 class GeneratorArchitecture:
-    """The U-Net's shape: enough to rebuild the network before loading its weights."""
+    """The U-Net's shape: enough to rebuild the network before loading its weights.
+
+    ``upsample`` is how the decoder doubles its maps: ``transpose`` (the paper's 4x4 stride-2
+    transposed convolution) or ``resize`` (nearest-neighbour 2x, then a 3x3 convolution; see
+    ``model.networks.ResizeConv``). Specs written before the option existed mean ``transpose``,
+    and a ``transpose`` spec is written without the field.
+    """
 
     name: str = "unet"
     num_downs: int = 8
     base_width: int = 64
     norm: NormKind = "batch"
     dropout: bool = True
+    upsample: UpsampleKind = "transpose"
 
     def __post_init__(self) -> None:
         if self.name != "unet":
@@ -65,6 +74,8 @@ class GeneratorArchitecture:
             raise SpecError(f"base_width must be positive, got {self.base_width}")
         if self.norm not in NORM_KINDS:
             raise SpecError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
+        if self.upsample not in UPSAMPLE_KINDS:
+            raise SpecError(f"upsample must be one of {UPSAMPLE_KINDS}, got {self.upsample!r}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,9 @@ class GeneratorSpec:
             {"id": c.id, "name": c.name, "color": list(c.color)} for c in self.palette
         ]
         data["value_range"] = list(self.value_range)
+        if self.architecture.upsample == "transpose":
+            # As specs were before the option existed, and as they are read back.
+            del data["architecture"]["upsample"]
         return data
 
     @classmethod

@@ -39,6 +39,8 @@ def test_file_then_overrides(tmp_path):
         ("[train]\nbatch_sise = 4\n", "unknown config key 'train.batch_sise'"),
         ("[train]\nbatch_size = 'four'\n", "train.batch_size expects int"),
         ("[train]\ngan_mode = 'wgan'\n", "train.gan_mode must be one of"),
+        ("[generator]\nupsample = 'bilinear'\n", "generator.upsample must be one of transpose"),
+        ("[train]\nema_decay = 1.0\n", "train.ema_decay must be 0 \\(off\\) or between 0 and 1"),
         ("[data]\ncrop_size = 300\nload_size = 300\n", "multiple of 2\\*\\*generator.num_downs"),
         ("[data]\nload_size = 100\n", "data.load_size"),
         ("name = 'a/b'\n", "cannot be used as a run directory"),
@@ -63,6 +65,8 @@ def test_missing_config_file(tmp_path):
         ({"base_width": "8"}, "ambiguous"),
         ({"train.compile": "maybe"}, "expects bool"),
         ({"train.precision": "fp8"}, "train.precision must be one of"),
+        ({"upsample": "deconv"}, "generator.upsample must be one of transpose, resize"),
+        ({"train.ema_decay": "-0.5"}, "train.ema_decay must be 0"),
     ],
 )
 def test_bad_overrides_name_the_option(overrides, message):

@@ -55,6 +55,7 @@ WORKER = textwrap.dedent(
     trainer.train()
     tensors = {f"G.{k}": v for k, v in trainer.generator.state_dict().items()}
     tensors |= {f"D.{k}": v for k, v in trainer.discriminator.state_dict().items()}
+    tensors |= {f"EMA.{k}": v for k, v in trainer.generator_ema.state_dict().items()}
     save_file({k: v.contiguous() for k, v in tensors.items()}, f"{out}/rank{rank}.safetensors")
     Trainer(straight, progress=False).train()
     Trainer(split, progress=False).train()
@@ -166,7 +167,8 @@ def test_two_gloo_processes_train_like_one_and_resume_exactly(tmp_path):
     data = write_label_dataset(tmp_path / "data", counts=(12, 2, 2))
     # 12 pairs at a global batch of 4: 3 steps per epoch, so 4 steps cross an epoch boundary
     # (and a reshuffle).
-    steps = {"train.max_steps": "4", "train.save_every": "4"}
+    # With a moving average of the generator's weights, which checkpoints serve.
+    steps = {"train.max_steps": "4", "train.save_every": "4", "train.ema_decay": "0.9"}
     alone = {**EXACT, "train.batch_size": "4"}
     single = tiny_config(data, tmp_path, name="single", **alone, **steps)
     reference = Trainer(single, progress=False)
@@ -179,7 +181,7 @@ def test_two_gloo_processes_train_like_one_and_resume_exactly(tmp_path):
     # check: a resumed run must restore every rank's own dropout stream.
     probe = tiny_config(data, tmp_path, name="probe", **EXACT)
     exact = tiny_config(data, tmp_path, name="exact", **EXACT, **steps)
-    noisy = {**LABELS, "train.save_every": "2", "train.max_steps": "6"}
+    noisy = {**LABELS, "train.save_every": "2", "train.max_steps": "6", "train.ema_decay": "0.9"}
     straight = tiny_config(data, tmp_path, name="straight", **noisy)
     split = tiny_config(data, tmp_path, name="split", **noisy | {"train.max_steps": "4"})
     paths = []
@@ -190,10 +192,11 @@ def test_two_gloo_processes_train_like_one_and_resume_exactly(tmp_path):
     worker.write_text(WORKER)
     run_processes([*torchrun(), str(worker), *map(str, paths), str(tmp_path)])
 
-    # Ranks end every step with the same weights, bit for bit: DDP's whole promise.
+    # Ranks end every step with the same weights, bit for bit: DDP's whole promise; and so
+    # with the same moving average.
     rank0 = load_file(str(tmp_path / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "rank1.safetensors"))
-    assert rank0.keys() == rank1.keys()
+    assert rank0.keys() == rank1.keys() and any(name.startswith("EMA.") for name in rank0)
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
 

@@ -230,3 +230,55 @@ def test_reference_import_rejects_wrong_shapes_and_pickled_code(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         import_reference(evil, tmp_path / "out2")
     assert not marker.exists()
+
+
+# -- the resize decoder ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resize_model(tmp_path_factory):
+    """Like ``trained_like``, with nearest 2x + 3x3 convs in place of transposed convs."""
+    torch.manual_seed(0)
+    generator = UNetGenerator(3, 3, num_downs=5, base_width=8, norm="batch", upsample="resize")
+    init_weights(generator, gain=0.1)
+    generator.train()
+    with torch.no_grad():
+        for _ in range(5):
+            generator(torch.randn(4, 3, 64, 64))
+    architecture = GeneratorArchitecture(num_downs=5, base_width=8, upsample="resize")
+    spec = GeneratorSpec(architecture, 3, 3, train_size=64, pad_multiple=32)
+    folder = tmp_path_factory.mktemp("resize") / "model"
+    save_model_folder(folder, generator.eval(), spec)
+    return folder
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx", "torchscript"])
+def test_resize_decoder_exports_to_each_format_with_parity(resize_model, tmp_path, fmt):
+    import onnx
+
+    result = export_model(resize_model, tmp_path / fmt, fmt)
+    assert len(result.parity) == 2 and max(result.parity.values()) <= 1e-4  # as above
+    reference = load_model(resize_model, runtime="torch").runtime
+    runtime = {"safetensors": "torch", "onnx": "onnx", "torchscript": "torchscript"}[fmt]
+    exported = load_model(tmp_path / fmt, runtime=runtime)
+    assert exported.spec.architecture.upsample == "resize"
+    for height, width in [(64, 96), (160, 32)]:
+        batch = random_batch(exported.spec, height, width)
+        expected = reference(batch)
+        assert expected.std() > 0.05  # outputs that vary: parity means something
+        assert np.abs(exported.runtime(batch) - expected).max() <= 1e-4
+    if fmt == "onnx":
+        graph = onnx.load(str(tmp_path / fmt / "generator.onnx")).graph
+        operators = {node.op_type for node in graph.node}
+        assert "Resize" in operators and "ConvTranspose" not in operators
+
+
+@pytest.mark.numeric
+def test_resize_decoder_stays_faithful_in_half_precision(resize_model, tmp_path):
+    spec = load_model(resize_model, runtime="torch").spec
+    batch = random_batch(spec, 128, 96, seed=3)
+    reference = load_model(resize_model, runtime="torch").runtime(batch)
+    for fmt, runtime in [("safetensors", "torch"), ("onnx", "onnx")]:
+        half = export_model(resize_model, tmp_path / fmt, fmt, half=True)
+        assert psnr(reference, load_model(half.folder, runtime=runtime).runtime(batch)) >= 40.0

@@ -13,16 +13,16 @@ from PIL import Image
 from model.checkpoint import save_model_folder
 from model.errors import CheckpointError
 from model.export import export_model
-from model.networks import UNetGenerator, init_weights
-from model.quantize import PhaseConvTranspose, inference_graph, psnr
+from model.networks import ResizeConv, UNetGenerator, init_weights
+from model.quantize import PhaseConvTranspose, PhaseResizeConv, inference_graph, psnr
 from model.runtime import load_model
 from model.spec import GeneratorArchitecture, GeneratorSpec
 from pix2pix.cli import main
 
 
-def _generator(norm: str, seed: int = 0) -> UNetGenerator:
+def _generator(norm: str, seed: int = 0, upsample: str = "transpose") -> UNetGenerator:
     torch.manual_seed(seed)
-    generator = UNetGenerator(3, 3, num_downs=5, base_width=8, norm=norm)
+    generator = UNetGenerator(3, 3, num_downs=5, base_width=8, norm=norm, upsample=upsample)
     init_weights(generator, gain=0.1)  # 5x the paper's init: outputs vary like a trained model's
     generator.train()
     with torch.no_grad():  # running statistics, as training would leave them
@@ -140,3 +140,51 @@ def test_cli_int8_export_calibrates_on_a_folder_of_images(model_folder, tmp_path
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert main([*command, "--calibration", str(images)]) == 1
     assert "broken.png" in capsys.readouterr().err
+
+
+# -- the resize decoder ------------------------------------------------------------------------
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_inference_graph_rewrites_resize_convs_exactly(norm):
+    generator = _generator(norm, seed=2, upsample="resize").double()
+    graph = inference_graph(generator)
+    assert sum(isinstance(m, PhaseResizeConv) for m in graph.modules()) == 5
+    assert not any(isinstance(m, ResizeConv | torch.nn.BatchNorm2d) for m in graph.modules())
+    for height, width in [(64, 96), (32, 160)]:
+        x = torch.rand(2, 3, height, width, dtype=torch.float64) * 2 - 1
+        with torch.no_grad():
+            expected, actual = generator(x), graph(x)
+        assert expected.std() > 0.05
+        # Sums of two or three kernel taps instead of products with repeated pixels: measured
+        # 6e-15 in float64, where a wrong tap or phase moves outputs by 1e-2 or more.
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def resize_folder(tmp_path_factory):
+    architecture = GeneratorArchitecture(num_downs=5, base_width=8, upsample="resize")
+    spec = GeneratorSpec(architecture, 3, 3, train_size=64, pad_multiple=32)
+    folder = tmp_path_factory.mktemp("int8-resize") / "model"
+    save_model_folder(folder, _generator("batch", upsample="resize"), spec)
+    return folder
+
+
+@pytest.mark.numeric
+def test_int8_export_of_a_resize_decoder_is_faithful_and_all_integer(resize_folder, tmp_path):
+    calibration = _smooth_images(12, 64, 64, seed=0)
+    result = export_model(
+        resize_folder, tmp_path / "int8", "onnx", int8=True, calibration=calibration
+    )
+    assert result.psnr is not None and result.psnr >= 40.0  # the same line as transposed convs
+    graph = onnx.load(str(result.folder / "generator.onnx")).graph
+    operators = {node.op_type for node in graph.node}
+    # The nearest 2x + 3x3 conv became a phase conv: no Resize is left to run in float.
+    assert "Resize" not in operators and "BatchNormalization" not in operators
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "DepthToSpace"} <= operators
+    reference = load_model(resize_folder, runtime="torch").runtime
+    loaded = load_model(result.folder, runtime="onnx")
+    assert loaded.runtime.name == "onnx-int8" and loaded.spec.architecture.upsample == "resize"
+    batch = _smooth_images(3, 96, 64, seed=7)
+    assert psnr(reference(batch), loaded.runtime(batch)) >= 40.0

@@ -44,15 +44,21 @@ def test_tiny_model_halves_val_l1_within_200_steps(tmp_path):
 
 
 def weights(folder):
-    return load_file(str(folder / "generator.safetensors")) | {
+    tensors = load_file(str(folder / "generator.safetensors")) | {
         f"D.{k}": v for k, v in load_file(str(folder / "discriminator.safetensors")).items()
     }
+    raw = folder / "generator_raw.safetensors"  # beside the moving average, when kept
+    if raw.is_file():
+        tensors |= {f"raw.{k}": v for k, v in load_file(str(raw)).items()}
+    return tensors
 
 
 @pytest.mark.numeric
-def test_resume_continues_exactly(label_dataset, tmp_path):
+@pytest.mark.parametrize("ema_decay", ["0", "0.9"])
+def test_resume_continues_exactly(label_dataset, tmp_path, ema_decay):
     # 6 pairs at batch 2 is 3 steps per epoch, so the break at step 4 falls mid-epoch.
     common = {**LABELS, "train.save_every": "2", "train.epochs": "2", "train.epochs_decay": "2"}
+    common["train.ema_decay"] = ema_decay
     straight = tiny_config(label_dataset, tmp_path, name="straight", **common)
     Trainer(straight, progress=False).train()
 
@@ -67,6 +73,7 @@ def test_resume_continues_exactly(label_dataset, tmp_path):
     expected = weights(latest_checkpoint(straight.run_dir / "checkpoints"))
     actual = weights(latest_checkpoint(split.run_dir / "checkpoints"))
     assert expected.keys() == actual.keys()
+    assert any(name.startswith("raw.") for name in expected) == (ema_decay != "0")
     for name in expected:  # exact by design: same kernels, same order, restored RNG streams
         assert torch.equal(actual[name], expected[name]), name
 
@@ -290,3 +297,48 @@ def test_native_bf16_follows_the_cpu_flags_and_the_onednn_cap(monkeypatch):
     native_bf16.cache_clear()
     assert native_bf16() is True
     native_bf16.cache_clear()
+
+
+@pytest.mark.numeric
+def test_moving_average_is_what_validation_and_checkpoints_show(
+    label_dataset, tmp_path, monkeypatch
+):
+    overrides = {"train.max_steps": "5", "train.ema_decay": "0.9"}
+    config = tiny_config(label_dataset, tmp_path, **LABELS, **overrides)
+    trainer = Trainer(config, progress=False)
+    average = {name: p.detach().clone() for name, p in trainer.generator.named_parameters()}
+    updates = []  # (step, the generator's parameters) at each update of the average
+    update = Trainer.update_ema
+
+    def recording(self):
+        parameters = {name: p.detach().clone() for name, p in self.generator.named_parameters()}
+        updates.append((self.step, parameters))
+        update(self)
+
+    monkeypatch.setattr(Trainer, "update_ema", recording)
+    trainer.train()
+    assert [step for step, _ in updates] == [0, 1, 2, 3, 4]  # once per step
+    for step, parameters in updates:
+        decay = min(0.9, (1 + step) / (10 + step))  # 0.1 at first: the warm-up
+        average = {name: decay * average[name] + (1 - decay) * p for name, p in parameters.items()}
+
+    folder = latest_checkpoint(config.run_dir / "checkpoints")
+    served = load_file(str(folder / "generator.safetensors"))
+    raw = load_file(str(folder / "generator_raw.safetensors"))
+    for name, expected in average.items():
+        # lerp rounds once per update where the formula above rounds three times.
+        torch.testing.assert_close(served[name], expected, rtol=1e-5, atol=1e-7, msg=name)
+        assert torch.equal(raw[name], updates[-1][1][name])
+    assert any(not torch.equal(served[name], raw[name]) for name in average)
+    statistics = [name for name in served if "running" in name]
+    assert statistics and all(torch.equal(served[name], raw[name]) for name in statistics)
+    served_generator, _ = load_generator(config.run_dir)
+    assert all(
+        torch.equal(tensor, served[name]) for name, tensor in served_generator.state_dict().items()
+    )
+
+    # Validation scores the average: the raw generator given the average's weights agrees.
+    scored = trainer.validate(save_grid=False)["val_l1"]
+    trainer.generator.load_state_dict(trainer.generator_ema.state_dict())
+    trainer.generator_ema = None
+    assert trainer.validate(save_grid=False)["val_l1"] == scored

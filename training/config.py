@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.spec import COLOR_SPACES, DIRECTIONS, INFERENCE_MODES, INPUT_KINDS, NORM_KINDS
+from model.spec import (
+    COLOR_SPACES,
+    DIRECTIONS,
+    INFERENCE_MODES,
+    INPUT_KINDS,
+    NORM_KINDS,
+    UPSAMPLE_KINDS,
+)
 
 
 class ConfigError(ValueError):
@@ -67,11 +74,15 @@ class GeneratorConfig:
     base_width: int = 64
     norm: str = "batch"
     dropout: bool = True
+    # transpose: the paper's 4x4 stride-2 transposed convs; resize: nearest 2x + 3x3 conv,
+    # which leaves no checkerboard grid.
+    upsample: str = "transpose"
     # eval: running statistics, no dropout at inference; train: the paper's test-time noise.
     inference_mode: str = "eval"
 
     def validate(self) -> None:
         _choice("generator.norm", self.norm, NORM_KINDS)
+        _choice("generator.upsample", self.upsample, UPSAMPLE_KINDS)
         _choice("generator.inference_mode", self.inference_mode, INFERENCE_MODES)
         if not 1 <= self.num_downs <= 10:
             raise ConfigError(f"generator.num_downs must be 1..10, got {self.num_downs}")
@@ -119,6 +130,9 @@ class TrainConfig:
     val_images: int = 8  # pairs in each sample grid, spread evenly over the val split
     early_stop_patience: int = 0  # validations without val_l1 improving before a stop (0 = off)
     early_stop_min_delta: float = 0.0  # smaller val_l1 improvements do not count
+    # Decay of an exponential moving average of the generator's weights (0 = off, e.g. 0.999);
+    # the average is what validation, samples, export and serving use.
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         _choice("train.gan_mode", self.gan_mode, ("vanilla", "lsgan", "hinge"))
@@ -137,6 +151,11 @@ class TrainConfig:
         _positive("train.early_stop_patience", self.early_stop_patience, allow_zero=True)
         if self.early_stop_min_delta < 0:
             raise ConfigError("train.early_stop_min_delta must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(
+                f"train.ema_decay must be 0 (off) or between 0 and 1, e.g. 0.999; "
+                f"got {self.ema_decay}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.lambda_l1 < 0 or self.lambda_gan < 0:

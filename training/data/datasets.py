@@ -193,6 +193,7 @@ def make_spec(config: Config) -> GeneratorSpec:
                 base_width=generator.base_width,
                 norm=generator.norm,
                 dropout=generator.dropout,
+                upsample=generator.upsample,  # type: ignore[arg-type]
             ),
             in_channels=in_channels,
             out_channels=out_channels,

@@ -3,12 +3,15 @@
 A run directory ``runs/<name>/`` holds ``config.toml``, ``spec.json``, ``metrics.jsonl``,
 ``samples/`` (A | G(A) | B grids from a fixed validation batch) and ``checkpoints/``. Each
 checkpoint is a model folder (``generator.safetensors`` + ``spec.json``) plus the
-discriminator and the full training state, so ``--resume`` continues exactly.
+discriminator and the full training state, so ``--resume`` continues exactly. With
+``train.ema_decay`` the model folder's weights are the moving average of the generator's, and
+the weights that training continues from sit beside them in ``generator_raw.safetensors``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -52,6 +55,7 @@ from training.loop.monitor import MonitorSettings, TrainingMonitor
 logger = logging.getLogger(__name__)
 
 DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
+RAW_GENERATOR_WEIGHTS = "generator_raw.safetensors"  # with train.ema_decay only
 TRAINING_STATE = "training_state.pt"
 CONFIG_FILENAME = "config.toml"
 METRICS_FILENAME = "metrics.jsonl"
@@ -231,6 +235,13 @@ class Trainer:
         self.memory_format = memory_format
         self.generator.to(self.device, memory_format=memory_format)
         self.discriminator.to(self.device, memory_format=memory_format)
+        # The moving average of the generator's weights (train.ema_decay), which validation,
+        # samples and the checkpoints' servable weights use; None when off. Every rank keeps
+        # one: DDP leaves the same weights everywhere, so the averages agree too (batch-norm
+        # statistics are each rank's own, as in the generator itself).
+        self.generator_ema = None
+        if config.train.ema_decay > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
 
         train = config.train
         # The fused kernel reads and writes each parameter's state once per step; on the CPU it
@@ -395,12 +406,40 @@ class Trainer:
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.optimizer_g)
         self.scaler_g.update()
+        if self.generator_ema is not None:
+            self.update_ema()
         self.scheduler_g.step()
         if adversarial:
             self.scheduler_d.step()
         return torch.stack(
             [loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake, accuracy_real, accuracy_fake]
         ).detach()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the average a step towards the generator's new weights.
+
+        The decay ramps up as (1 + step) / (10 + step) to ``train.ema_decay``: at a fixed
+        0.999 the random initial weights would still make up 37% of the average after 1000
+        steps.
+        """
+        step = self.step  # updates done before this one
+        decay = min(self.config.train.ema_decay, (1 + step) / (10 + step))
+        pairs = zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True)
+        for average, weight in pairs:
+            average.lerp_(weight, 1.0 - decay)
+        # Batch-norm running statistics are copied, not averaged: they are already a moving
+        # average, of the activations of the generator that sees the training batches, and an
+        # average of that average would lag a thousand steps behind. (The step counter in
+        # num_batches_tracked cannot be averaged at all.)
+        pairs = zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True)
+        for average, buffer in pairs:
+            average.copy_(buffer)
+
+    @property
+    def servable_generator(self) -> torch.nn.Module:
+        """What validation, samples and checkpoints' model folders show: the average if kept."""
+        return self.generator if self.generator_ema is None else self.generator_ema
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, non_blocking=True).contiguous(
@@ -522,7 +561,8 @@ class Trainer:
         train mode needs all of them); rank 0 writes.
         """
         save_grid = save_grid and self.dist.is_main
-        self.generator.train(self.spec.inference_mode == "train")
+        generator = self.servable_generator
+        generator.train(self.spec.inference_mode == "train")
         total, count, grid_rows = 0.0, 0, []
         indices = spread(min(len(self.val_set), 64), len(self.val_set))
         grid_size = min(self.config.train.val_images, len(indices))
@@ -533,7 +573,7 @@ class Trainer:
             real_a = self._to_device(torch.stack([item["A"] for item in items]))
             real_b = self._to_device(torch.stack([item["B"] for item in items]))
             with self.autocast():
-                fake_b = self.generator(real_a)
+                fake_b = generator(real_a)
             total += torch.nn.functional.l1_loss(fake_b.float(), real_b, reduction="sum").item()
             count += real_b.numel()
             for i, item in enumerate(items):
@@ -567,7 +607,11 @@ class Trainer:
             return checkpoints / name
 
         def write(folder: Path) -> None:
-            save_tensors_atomic(state_dict_for_saving(self.generator), folder / GENERATOR_WEIGHTS)
+            generator = state_dict_for_saving(self.servable_generator)
+            save_tensors_atomic(generator, folder / GENERATOR_WEIGHTS)
+            if self.generator_ema is not None:
+                raw = state_dict_for_saving(self.generator)
+                save_tensors_atomic(raw, folder / RAW_GENERATOR_WEIGHTS)
             save_tensors_atomic(
                 state_dict_for_saving(self.discriminator), folder / DISCRIMINATOR_WEIGHTS
             )
@@ -618,6 +662,8 @@ class Trainer:
     def load_checkpoint(self, folder: Path) -> None:
         try:
             generator = load_file(str(folder / GENERATOR_WEIGHTS))
+            raw_path = folder / RAW_GENERATOR_WEIGHTS
+            raw = load_file(str(raw_path)) if raw_path.is_file() else None
             discriminator = load_file(str(folder / DISCRIMINATOR_WEIGHTS))
             state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, SafetensorError, pickle.UnpicklingError) as error:
@@ -628,7 +674,15 @@ class Trainer:
                 f"{folder}: the checkpoint's spec differs from this config's; resume with the "
                 "run's own config.toml"
             )
-        self.generator.load_state_dict(generator)
+        # A checkpoint with an average holds the raw weights beside it; one without has only
+        # the raw weights, from which a newly switched-on average starts.
+        self.generator.load_state_dict(generator if raw is None else raw)
+        if self.generator_ema is not None:
+            self.generator_ema.load_state_dict(generator)
+            if raw is None:
+                logger.warning("%s has no moving average; it starts from these weights", folder)
+        elif raw is not None:
+            logger.warning("train.ema_decay is 0: the moving average in %s is dropped", folder)
         self.discriminator.load_state_dict(discriminator)
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
