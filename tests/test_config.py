@@ -82,7 +82,7 @@ def test_saved_config_round_trips():
 
 
 def test_shipped_configs_load():
-    for name in ("synth-labels", "synth-color", "facades", "cityscapes", "maps"):
+    for name in ("synth-labels", "synth-color", "facades", "facades-resize", "cityscapes", "maps"):
         config = load_config(Path(__file__).parent.parent / "configs" / f"{name}.toml")
         assert config.name == name
 
