@@ -152,8 +152,16 @@ def psnr(reference: np.ndarray, other: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> None:
-    """Static int8 quantization of ``fp32_path`` calibrated on ``calibration`` (N, C, H, W)."""
+def quantize_onnx(
+    fp32_path: Path, out_path: Path, calibration: np.ndarray, float_tail: bool = False
+) -> None:
+    """Static int8 quantization of ``fp32_path`` calibrated on ``calibration`` (N, C, H, W).
+
+    ``float_tail`` keeps every node after the last convolution in fp32: an ``ab_bins`` head
+    (``model.color_bins``) divides its logits by a temperature below 1 and takes a softmax,
+    which magnifies 8-bit rounding. Quantized, the facades colorizer reached 37.6 dB against
+    fp32; with its head in fp32, 55.6 dB.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -172,6 +180,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> N
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        excluded = _nodes_after_last_convolution(prepared) if float_tail else []
         quantize_static(
             str(prepared),
             str(out_path),
@@ -180,12 +189,22 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> N
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
         )
     import onnx
 
     model = onnx.load(str(out_path))
     onnx.helper.set_model_props(model, {QUANTIZATION_KEY: "int8"})
     onnx.save(model, str(out_path))
+
+
+def _nodes_after_last_convolution(path: Path) -> list[str]:
+    """Names of the nodes after the graph's last Conv, in its (topological) order."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    last = max(index for index, node in enumerate(nodes) if node.op_type == "Conv")
+    return [node.name for node in nodes[last + 1 :]]
 
 
 def split_calibration(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

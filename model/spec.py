@@ -22,12 +22,14 @@ InputKind = Literal["photo", "grayscale", "label_map"]
 ColorSpace = Literal["rgb", "lab"]
 NormKind = Literal["batch", "instance", "none"]
 UpsampleKind = Literal["transpose", "resize"]
+HeadKind = Literal["tanh", "ab_bins"]
 InferenceMode = Literal["eval", "train"]
 
 INPUT_KINDS = ("photo", "grayscale", "label_map")
 COLOR_SPACES = ("rgb", "lab")
 NORM_KINDS = ("batch", "instance", "none")
 UPSAMPLE_KINDS = ("transpose", "resize")
+HEAD_KINDS = ("tanh", "ab_bins")
 INFERENCE_MODES = ("eval", "train")
 DIRECTIONS = ("AtoB", "BtoA")
 
@@ -56,6 +58,11 @@ class GeneratorArchitecture:
     transposed convolution) or ``resize`` (nearest-neighbour 2x, then a 3x3 convolution; see
     ``model.networks.ResizeConv``). Specs written before the option existed mean ``transpose``,
     and a ``transpose`` spec is written without the field.
+
+    ``head`` is what turns the last layer into outputs: ``tanh`` (regression, the paper) or
+    ``ab_bins`` (Lab colorization by classification: one logit per ab bin of side ``ab_grid``,
+    decoded to ab by the annealed mean at ``temperature``; see ``model.color_bins``). A spec
+    without a head means ``tanh``, and a ``tanh`` spec is written without these three fields.
     """
 
     name: str = "unet"
@@ -64,6 +71,9 @@ class GeneratorArchitecture:
     norm: NormKind = "batch"
     dropout: bool = True
     upsample: UpsampleKind = "transpose"
+    head: HeadKind = "tanh"
+    ab_grid: int = 10
+    temperature: float = 0.38
 
     def __post_init__(self) -> None:
         if self.name != "unet":
@@ -76,6 +86,12 @@ class GeneratorArchitecture:
             raise SpecError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
         if self.upsample not in UPSAMPLE_KINDS:
             raise SpecError(f"upsample must be one of {UPSAMPLE_KINDS}, got {self.upsample!r}")
+        if self.head not in HEAD_KINDS:
+            raise SpecError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
+        if not 1 <= self.ab_grid <= 55:
+            raise SpecError(f"ab_grid must be between 1 and 55 (Lab units), got {self.ab_grid}")
+        if not 0 < self.temperature <= 1:
+            raise SpecError(f"temperature must be in (0, 1], got {self.temperature}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,8 @@ class GeneratorSpec:
         if self.color_space == "lab":
             if self.input_kind != "grayscale" or self.in_channels != 1 or self.out_channels != 2:
                 raise SpecError("a lab generator takes grayscale L (1 channel) and returns ab (2)")
+        elif self.architecture.head == "ab_bins":
+            raise SpecError("the ab_bins head decodes to Lab ab: it needs color_space 'lab'")
         elif self.out_channels not in (1, 3):
             raise SpecError(f"an rgb generator returns 1 or 3 channels, not {self.out_channels}")
         if self.input_kind == "photo" and self.in_channels not in (1, 3):
@@ -159,6 +177,10 @@ class GeneratorSpec:
         if self.architecture.upsample == "transpose":
             # As specs were before the option existed, and as they are read back.
             del data["architecture"]["upsample"]
+        if self.architecture.head == "tanh":
+            # As specs were before heads existed, and as they are read back.
+            for key in ("head", "ab_grid", "temperature"):
+                del data["architecture"][key]
         return data
 
     @classmethod

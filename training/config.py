@@ -133,10 +133,17 @@ class TrainConfig:
     # Decay of an exponential moving average of the generator's weights (0 = off, e.g. 0.999);
     # the average is what validation, samples, export and serving use.
     ema_decay: float = 0.0
+    # Colorization with data.color_space = "lab" only. l1: regress ab (the paper), which fades
+    # rare colors towards the mean; classification: predict ab bins under a rebalanced
+    # cross-entropy (Zhang et al. 2016), weighted by lambda_classification. lambda_l1 and
+    # lambda_gan then act on the decoded ab.
+    color_loss: str = "l1"
+    lambda_classification: float = 1.0
 
     def validate(self) -> None:
         _choice("train.gan_mode", self.gan_mode, ("vanilla", "lsgan", "hinge"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("train.color_loss", self.color_loss, ("l1", "classification"))
         _positive("train.batch_size", self.batch_size)
         _positive("train.epochs", self.epochs, allow_zero=True)
         _positive("train.epochs_decay", self.epochs_decay, allow_zero=True)
@@ -160,6 +167,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if self.lambda_l1 < 0 or self.lambda_gan < 0:
             raise ConfigError("train.lambda_l1 and train.lambda_gan must be >= 0")
+        if self.lambda_classification < 0:
+            raise ConfigError("train.lambda_classification must be >= 0")
 
 
 @dataclass
@@ -184,6 +193,12 @@ class Config:
             raise ConfigError(
                 f"data.crop_size ({self.data.crop_size}) must be a multiple of "
                 f"2**generator.num_downs ({2**self.generator.num_downs})"
+            )
+        lab = self.data.layout == "colorization" and self.data.color_space == "lab"
+        if self.train.color_loss == "classification" and not lab:
+            raise ConfigError(
+                "train.color_loss = 'classification' predicts Lab ab bins: it needs "
+                "data.layout = 'colorization' with data.color_space = 'lab'"
             )
         return self
 

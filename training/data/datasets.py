@@ -194,6 +194,7 @@ def make_spec(config: Config) -> GeneratorSpec:
                 norm=generator.norm,
                 dropout=generator.dropout,
                 upsample=generator.upsample,  # type: ignore[arg-type]
+                head="ab_bins" if config.train.color_loss == "classification" else "tanh",
             ),
             in_channels=in_channels,
             out_channels=out_channels,

@@ -56,7 +56,7 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 TRAINING_CURVES = (
-    ("Generator losses", ("G_GAN", "G_L1")),
+    ("Generator losses", ("G_GAN", "G_L1", "G_class")),  # G_class: train.color_loss only
     ("Discriminator losses", ("D_real", "D_fake")),
     ("Discriminator accuracy", ("D_acc_real", "D_acc_fake")),
 )

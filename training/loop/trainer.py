@@ -39,15 +39,17 @@ from model.checkpoint import (
     state_dict_for_saving,
     write_checkpoint_folder,
 )
+from model.color_bins import ab_bins
 from model.cpu_features import native_bf16
 from model.files import write_text_atomic
 from model.networks import PatchDiscriminator, build_generator, init_weights
-from model.processing import decode_output, input_preview
+from model.processing import decode_output, input_preview, rgb_to_lab
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.config import Config, ConfigError, config_from_dict
 from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
 from training.loop import distributed, optim
+from training.loop.color_loss import ColorClassificationLoss, estimate_prior
 from training.loop.losses import GANLoss, HistoryPool
 from training.loop.meter import IntervalMeter
 from training.loop.monitor import MonitorSettings, TrainingMonitor
@@ -161,6 +163,10 @@ class EpochIndexed(Dataset):
 
 # Per-step scalars, kept on the device until a logging interval reads them.
 STAT_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "D_acc_real", "D_acc_fake")
+# With train.color_loss = "classification", the rebalanced cross-entropy follows them.
+CLASSIFICATION_STAT = "G_class"
+# Training images the color prior of the classification loss is counted over.
+PRIOR_IMAGES = 256
 
 
 def _append_record(metrics_file, record: dict) -> None:
@@ -260,6 +266,12 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.gan_loss = GANLoss(train.gan_mode)
+        self.color_classification = None
+        if train.color_loss == "classification":
+            self.color_classification = self._color_classification_loss()
+        self.stat_names = STAT_NAMES + (
+            (CLASSIFICATION_STAT,) if self.color_classification is not None else ()
+        )
         self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
         self.monitor = TrainingMonitor(
             MonitorSettings(
@@ -318,6 +330,27 @@ class Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
+    def _color_classification_loss(self) -> ColorClassificationLoss:
+        """The rebalanced loss, its prior counted over training images spread evenly over the
+        split, as augmented in the first epoch."""
+        grid = self.spec.architecture.ab_grid
+        centers = ab_bins(grid)
+        indices = spread(min(PRIOR_IMAGES, len(self.train_set)), len(self.train_set))
+        targets = (rgb_to_lab(self.train_set.arrays(index)[1])[..., 1:] for index in indices)
+        prior = estimate_prior(targets, centers, grid)
+        logger.info(
+            "color classification: %d ab bins; prior over %d pixels of %d training images has "
+            "entropy %.2f bits (uniform %.2f); rebalancing weights %.2f..%.2f",
+            prior.num_bins,
+            prior.pixels,
+            prior.images,
+            prior.entropy_bits,
+            np.log2(prior.num_bins),
+            prior.weights.min(),
+            prior.weights.max(),
+        )
+        return ColorClassificationLoss(centers, prior.weights, grid, device=self.device)
+
     def lr_factor(self, step: int) -> float:
         """Constant for ``epochs``, then linear decay to zero over ``epochs_decay``."""
         constant = self.config.train.epochs * self.steps_per_epoch
@@ -369,7 +402,13 @@ class Trainer:
         adversarial = train.lambda_gan > 0
         zero = torch.zeros((), device=self.device)
         with self.autocast():
-            fake_b = self.generator_step(real_a)
+            if self.color_classification is None:
+                fake_b = self.generator_step(real_a)
+            else:
+                # Bin logits for the classification loss; D and L1 judge them decoded by the
+                # annealed mean, the ab that the served model returns.
+                logits = self.generator_step(real_a, logits=True)
+                fake_b = self.generator.decode(logits)
 
         # Discriminator: real pairs should score real, generated pairs fake. ``detach`` keeps
         # this update from reaching into the generator.
@@ -403,6 +442,9 @@ class Trainer:
             loss_g_gan = self.gan_loss.generator(logits_fooled)
         loss_g_l1 = torch.nn.functional.l1_loss(fake_b.float(), real_b)
         loss_g = train.lambda_gan * loss_g_gan + train.lambda_l1 * loss_g_l1
+        if self.color_classification is not None:
+            loss_g_class = self.color_classification(logits, real_b)
+            loss_g = loss_g + train.lambda_classification * loss_g_class
         self.scaler_g.scale(loss_g).backward()
         self.scaler_g.step(self.optimizer_g)
         self.scaler_g.update()
@@ -411,9 +453,10 @@ class Trainer:
         self.scheduler_g.step()
         if adversarial:
             self.scheduler_d.step()
-        return torch.stack(
-            [loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake, accuracy_real, accuracy_fake]
-        ).detach()
+        stats = [loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake, accuracy_real, accuracy_fake]
+        if self.color_classification is not None:
+            stats.append(loss_g_class)
+        return torch.stack(stats).detach()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -462,7 +505,7 @@ class Trainer:
         # Only rank 0 writes the log; the others run the same code into the void.
         metrics_path = self.run_dir / METRICS_FILENAME if self.dist.is_main else Path(os.devnull)
         world = self.dist.world_size
-        interval = IntervalMeter(STAT_NAMES, self.device, train.batch_size * world, world)
+        interval = IntervalMeter(self.stat_names, self.device, train.batch_size * world, world)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         last_logged: dict = {}
         bar = tqdm(
