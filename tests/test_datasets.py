@@ -216,6 +216,22 @@ def test_missing_palette_file_is_named(label_dataset, tmp_path):
         make_spec(label_config(label_dataset, tmp_path))
 
 
+def test_palette_outside_the_data_root_is_found_from_the_working_directory(
+    label_dataset, tmp_path, monkeypatch
+):
+    # A read-only or downloaded dataset without palette.json: configs/<name>-palette.json.
+    outside = tmp_path / "configs" / "labels-palette.json"
+    outside.parent.mkdir()
+    (label_dataset / "palette.json").rename(outside)
+    monkeypatch.chdir(tmp_path)
+    config = label_config(label_dataset, tmp_path)
+    set_value(config, "data.palette", "configs/labels-palette.json")
+    assert [c.id for c in make_spec(config).palette] == [c["id"] for c in PALETTE]
+    set_value(config, "data.palette", "configs/missing.json")
+    with pytest.raises(DataError, match="nor configs/missing.json from the working directory"):
+        make_spec(config)
+
+
 def test_dataloader_surfaces_worker_errors_with_the_file_name(label_dataset, tmp_path):
     bad = label_dataset / "train" / "B" / "0005.png"
     bad.write_bytes(bad.read_bytes()[:-200])

@@ -146,11 +146,15 @@ def read_image(path: Path) -> Image.Image:
 
 
 def load_palette(config: DataConfig) -> tuple[LabelClass, ...]:
-    path = Path(config.palette)
-    if not path.is_absolute():
-        path = Path(config.root) / path
+    # A palette inside the data root (as datasets ship it), else a path from the working
+    # directory: configs/facades-palette.json serves a downloaded or a shared facades folder.
+    given = Path(config.palette)
+    path = given if given.is_absolute() else Path(config.root) / given
+    if not path.is_file() and not given.is_absolute() and given.is_file():
+        path = given
     if not path.is_file():
-        raise DataError(f"{path}: palette file not found (label_map inputs need one)")
+        where = "" if given.is_absolute() else f" (nor {given} from the working directory)"
+        raise DataError(f"{path}: palette file not found{where}; label_map inputs need one")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(entries, dict):
