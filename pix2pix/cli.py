@@ -215,6 +215,14 @@ def command_data_combine(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def command_data_split(args: argparse.Namespace, extra: list[str]) -> int:
+    from training.data.combine import split_aligned
+
+    summary = split_aligned(args.data, args.out, side=args.side, progress=not args.quiet)
+    print(f"split aligned images into {args.out}: {summary}")
+    return 0
+
+
 def command_export(args: argparse.Namespace, extra: list[str]) -> int:
     from pix2pix.api import export
 
@@ -465,6 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
     combine.add_argument("--out", required=True)
     combine.add_argument("--quiet", action="store_true")
     combine.set_defaults(handler=command_data_combine)
+
+    split = data.add_parser(
+        "split",
+        help="cut aligned A|B images into halves (the inverse of combine)",
+        description="Writes OUT/[split/]A and B folders, or with --side A or B only that half "
+        "as OUT/[split/]<stem>.png: a folder of photos for the colorization layout.",
+    )
+    split.add_argument("data", help="aligned dataset folder (with or without split folders)")
+    split.add_argument("--out", required=True)
+    split.add_argument("--side", default="both", choices=("A", "B", "both"))
+    split.add_argument("--quiet", action="store_true")
+    split.set_defaults(handler=command_data_split)
 
     export = verbs.add_parser("export", help="export a generator to a model folder")
     export.add_argument("source", help="run directory, checkpoint or model folder")

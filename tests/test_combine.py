@@ -11,7 +11,7 @@ from PIL import ExifTags, Image, ImageOps
 from app.imaging import decode_upload
 from model.processing import prepare_input
 from tests.conftest import tiny_config
-from training.data.combine import combine_folders
+from training.data.combine import combine_folders, split_aligned
 from training.data.datasets import PairedDataset, make_spec
 from training.data.download import check_aligned_layout
 from training.errors import DataError
@@ -305,3 +305,45 @@ def test_combine_training_and_serving_read_the_same_pixels(tmp_path: Path, mode:
     np.testing.assert_array_equal(trained, combined)
     np.testing.assert_array_equal(served, combined)
     assert tuple(combined[y, x]) == expected
+
+
+def test_split_undoes_combine_and_writes_one_side_for_colorization(tmp_path: Path) -> None:
+    a_dir, b_dir, aligned = tmp_path / "A", tmp_path / "B", tmp_path / "aligned"
+    for index, (split, stem) in enumerate([("train", "x"), ("train", "y"), ("test", "z")]):
+        _save(a_dir / split / f"{stem}.png", seed=2 * index)
+        _save(b_dir / split / f"{stem}.png", seed=2 * index + 1)
+    combine_folders(a_dir, b_dir, aligned)
+
+    both = split_aligned(aligned, tmp_path / "both")
+    assert both == {"out": str(tmp_path / "both"), "images": 3, "splits": {"train": 2, "test": 1}}
+    for split, stem in [("train", "x"), ("train", "y"), ("test", "z")]:
+        for side, folder in (("A", a_dir), ("B", b_dir)):
+            with Image.open(tmp_path / "both" / split / side / f"{stem}.png") as written:
+                with Image.open(folder / split / f"{stem}.png") as original:
+                    np.testing.assert_array_equal(np.asarray(written), np.asarray(original))
+
+    photos = tmp_path / "photos"
+    assert split_aligned(aligned, photos, side="A")["images"] == 3
+    assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.png")) == [
+        "test/z.png",
+        "train/x.png",
+        "train/y.png",
+    ]
+    with Image.open(photos / "test" / "z.png") as written:
+        np.testing.assert_array_equal(np.asarray(written), _pixels(16, 16, 4))
+
+
+def test_split_names_every_image_that_is_not_a_pair(tmp_path: Path) -> None:
+    _save(tmp_path / "data" / "ok.png", width=32)
+    _save(tmp_path / "data" / "odd.png", width=31)
+    (tmp_path / "data" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError) as error:
+        split_aligned(tmp_path / "data", tmp_path / "out")
+    message = str(error.value)
+    assert "2 problem(s)" in message and "odd.png: width 31 is odd" in message
+    assert "broken.png" in message
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="side must be A, B or both"):
+        split_aligned(tmp_path / "data", tmp_path / "out", side="left")
+    with pytest.raises(DataError, match="does not exist"):
+        split_aligned(tmp_path / "missing", tmp_path / "out")

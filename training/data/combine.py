@@ -1,4 +1,5 @@
-"""Build the aligned A|B dataset format from a folder of inputs and a folder of targets.
+"""Build the aligned A|B dataset format from a folder of inputs and a folder of targets, and
+cut it apart again.
 
 Files pair by stem (`0001.png` in A with `0001.jpg` in B) and each pair is written as one PNG
 with A on the left and B on the right, the format `training.data.download` fetches and checks.
@@ -76,6 +77,52 @@ def combine_folders(
         "pairs": total,
         "splits": {split: count for split, count in written.items() if split},
     }
+
+
+def split_aligned(
+    data: str | Path, out: str | Path, side: str = "both", progress: bool = False
+) -> dict:
+    """The inverse of ``combine_folders``: each aligned A|B image of data/[<split>/] is cut in
+    half and written as out/[<split>/]A/<stem>.png and B/<stem>.png (``side`` = "both"), or only
+    the A or B half as out/[<split>/]<stem>.png, the colorization layout's folder of photos.
+
+    Every image is checked (readable, even width) before anything is written, and all problems
+    are reported at once naming the files. Returns ``{"out", "images", "splits"}``.
+    """
+    if side not in ("A", "B", "both"):
+        raise DataError(f"side must be A, B or both, not {side!r}")
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise DataError(f"{data} does not exist or is not a folder")
+    splits = _split_names(data) or [""]
+    files = {key: paths[0] for key, paths in _images_by_key(data, splits).items()}
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {data}")
+    problems = []
+    for path in files.values():
+        size = _displayed_size(path, problems)
+        if size is not None and size[0] % 2:
+            problems.append(f"{path}: width {size[0]} is odd, so it is not an A|B pair")
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) with the images:\n  " + "\n  ".join(problems))
+    written: dict[str, int] = defaultdict(int)
+    for (split, stem), path in tqdm(
+        sorted(files.items()), desc="splitting", unit="image", disable=not progress
+    ):
+        image = _load_rgb(path)
+        half = image.width // 2
+        halves = {"A": image.crop((0, 0, half, image.height))}
+        halves["B"] = image.crop((half, 0, image.width, image.height))
+        for name, picture in halves.items():
+            if side not in (name, "both"):
+                continue
+            folder = out / split / name if side == "both" else out / split
+            save = functools.partial(picture.save, format="PNG")
+            write_atomic(folder / f"{stem}.png", save, sync=False)
+        written[split] += 1
+    total = sum(written.values())
+    logger.info("split %d aligned images into %s", total, out)
+    return {"out": str(out), "images": total, "splits": {k: v for k, v in written.items() if k}}
 
 
 def _split_names(folder: Path) -> list[str]:
