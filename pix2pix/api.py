@@ -151,6 +151,7 @@ def evaluate(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = False,
+    palette_tolerance: int = 0,
 ) -> Evaluation:
     """Score a generator on a dataset split, as ``pix2pix evaluate``; returns the
     ``Evaluation`` (``metrics``, ``per_class``, ``count``...) and, unless ``out`` is None,
@@ -170,6 +171,7 @@ def evaluate(
         batch_size=batch_size,
         device=resolve_device(device),
         progress=progress,
+        palette_tolerance=palette_tolerance,
     )
     if out is not None:
         write_report([evaluation], out)

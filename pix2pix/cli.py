@@ -301,6 +301,7 @@ def evaluation_options(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "device": resolve_device(args.device),
         "progress": not args.quiet,
+        "palette_tolerance": args.palette_tolerance,
     }
 
 
@@ -568,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="torchvision Inception-v3 weights file; enables FID and KID",
         )
         command.add_argument("--max-images", type=int, default=0, help="0 = the whole split")
+        command.add_argument(
+            "--palette-tolerance",
+            type=int,
+            default=0,
+            help="label maps: accept colors this far (per channel) from a palette color, as "
+            "data.palette_tolerance (255 = nearest; for JPEG-ed maps such as facades)",
+        )
         command.add_argument("--samples", type=int, default=8, help="rows in the sample grid")
         command.add_argument("--batch-size", type=int, default=8)
         command.add_argument("--device", default="auto")

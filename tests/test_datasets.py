@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.conftest import PALETTE, palette_image, tiny_config, write_label_dataset
 from training.config import set_value
-from training.data.datasets import PairedDataset, make_spec
+from training.data.datasets import PairedDataset, data_config_for, make_spec
 from training.errors import DataError
 
 
@@ -249,3 +249,20 @@ def test_more_than_one_problem_is_reported_at_once(tmp_path):
     with pytest.raises(DataError) as error:
         dataset(label_config(root, tmp_path))
     assert "0001.png" in str(error.value) and "0002.png" in str(error.value)
+
+
+def test_evaluation_reads_jpeg_ed_label_colors_within_the_tolerance(label_dataset, tmp_path):
+    # Facades-style maps: the label colors are near, not equal to, the palette's.
+    path = label_dataset / "test" / "A" / "0000.png"
+    spec = make_spec(label_config(label_dataset, tmp_path))
+    exact_config = data_config_for(spec, label_dataset, "test")
+    exact, _ = PairedDataset(exact_config, "test", spec, train=False).arrays(0)
+    with Image.open(path) as image:
+        ids = np.asarray(image)
+    colors = np.array([entry["color"] for entry in PALETTE], dtype=np.int16)
+    Image.fromarray((colors[ids] + 3).clip(0, 255).astype(np.uint8)).save(path)
+    with pytest.raises(Exception, match="not in the palette"):
+        PairedDataset(data_config_for(spec, label_dataset, "test"), "test", spec, train=False)[0]
+    config = data_config_for(spec, label_dataset, "test", palette_tolerance=255)
+    a, _ = PairedDataset(config, "test", spec, train=False).arrays(0)
+    np.testing.assert_array_equal(a, exact)

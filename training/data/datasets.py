@@ -301,11 +301,14 @@ class PairedDataset(Dataset):
         return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
 
 
-def data_config_for(spec: GeneratorSpec, root: str | Path, split: str) -> DataConfig:
+def data_config_for(
+    spec: GeneratorSpec, root: str | Path, split: str, palette_tolerance: int = 0
+) -> DataConfig:
     """A DataConfig that reads ``root`` the way the model was trained, at its training size.
 
     The layout is read from the folder: ``<split>/A`` and ``<split>/B`` mean folders; photos
     directly in ``<split>/`` mean colorization for grayscale models and aligned pairs otherwise.
+    ``palette_tolerance`` maps JPEG-ed label colors to the nearest palette color within it.
     """
     root = Path(root)
     split_dir = root / split
@@ -323,6 +326,7 @@ def data_config_for(spec: GeneratorSpec, root: str | Path, split: str) -> DataCo
         direction=spec.direction,
         input_kind=spec.input_kind,
         one_hot=spec.one_hot,
+        palette_tolerance=palette_tolerance,
         color_space=spec.color_space,
         load_size=spec.train_size,
         crop_size=spec.train_size,

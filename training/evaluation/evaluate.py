@@ -255,11 +255,12 @@ def evaluate_model(
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = False,
+    palette_tolerance: int = 0,
 ) -> Evaluation:
     """Score one generator on ``data_root``'s ``split``; see the module docstring."""
     translator = Translator.load(model, runtime="auto", device=device, batch_size=batch_size)
     spec = translator.spec
-    config = data_config_for(spec, data_root, split)
+    config = data_config_for(spec, data_root, split, palette_tolerance)
     config.max_images = max_images
     dataset = PairedDataset(config, split, spec, train=False)
     notes: list[str] = []
