@@ -82,7 +82,15 @@ def test_saved_config_round_trips():
 
 
 def test_shipped_configs_load():
-    for name in ("synth-labels", "synth-color", "facades", "facades-resize", "cityscapes", "maps"):
+    for name in (
+        "synth-labels",
+        "synth-color",
+        *(
+            f"{prefix}{task}"
+            for prefix in ("", "paper-")
+            for task in ("facades", "cityscapes", "maps")
+        ),
+    ):
         config = load_config(Path(__file__).parent.parent / "configs" / f"{name}.toml")
         assert config.name == name
 
