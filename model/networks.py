@@ -7,6 +7,7 @@ import functools
 import torch
 from torch import nn
 from torch.nn import functional
+from torch.nn.utils import parametrizations
 
 from model.fast_paths import convolution, dense_gradient
 from model.spec import GeneratorArchitecture
@@ -208,8 +209,80 @@ class PatchDiscriminator(nn.Module):
         layers.append(conv(width, 1, stride=1))
         self.model = nn.Sequential(*layers)
 
-    def forward(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.cat([condition, image], dim=1))
+    def forward(
+        self, condition: torch.Tensor, image: torch.Tensor, features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-patch logits; with ``features``, (logits, every LeakyReLU's output) for
+        pix2pixHD's feature matching."""
+        pair = torch.cat([condition, image], dim=1)
+        if not features:
+            return self.model(pair)
+        activations = []
+        for layer in self.model:
+            pair = layer(pair)
+            if isinstance(layer, nn.LeakyReLU):
+                activations.append(pair)  # in place on its input, and nothing later writes it
+        return pair, activations
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """pix2pixHD's multi-scale PatchGAN: ``num_scales`` PatchDiscriminators of one shape, each
+    with its own weights; the k-th judges concat(A, B) average-pooled k times by 2.
+
+    The coarser scales see more of the image per patch at the same depth, which is what keeps
+    large structures coherent; the full-resolution one keeps the detail. ``forward`` returns
+    a list with each scale's output, finest first.
+    """
+
+    def __init__(self, num_scales: int = 2, **patch_discriminator):
+        super().__init__()
+        if num_scales < 1:
+            raise ValueError(f"num_scales must be at least 1, got {num_scales}")
+        self.scales = nn.ModuleList(
+            PatchDiscriminator(**patch_discriminator) for _ in range(num_scales)
+        )
+
+    def forward(self, condition: torch.Tensor, image: torch.Tensor, features: bool = False):
+        outputs = []
+        for scale, discriminator in enumerate(self.scales):
+            if scale:  # pooling is per channel: pooling A and B apart pools their concat
+                condition, image = _half(condition), _half(image)
+            outputs.append(discriminator(condition, image, features=features))
+        if not features:
+            return outputs
+        return [logits for logits, _ in outputs], [layers for _, layers in outputs]
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    return functional.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+
+
+def build_discriminator(
+    in_channels: int,
+    base_width: int = 64,
+    n_layers: int = 3,
+    norm: str = "batch",
+    num_scales: int = 1,
+) -> nn.Module:
+    """One PatchDiscriminator (the paper's, whose checkpoints keep their keys), or with
+    ``num_scales`` > 1 a MultiScaleDiscriminator of them (weights uninitialized)."""
+    shape = {"in_channels": in_channels, "base_width": base_width, "n_layers": n_layers}
+    if num_scales == 1:
+        return PatchDiscriminator(**shape, norm=norm)
+    return MultiScaleDiscriminator(num_scales, **shape, norm=norm)
+
+
+def spectral_normalize(module: nn.Module) -> nn.Module:
+    """Every convolution in ``module`` divided by its largest singular value (Miyato et al.
+    2018), estimated by one power iteration per forward in training mode.
+
+    Apply it after ``init_weights``: afterwards ``weight`` is computed from
+    ``parametrizations.weight.original``, and initializing it would write into a temporary.
+    """
+    for layer in list(module.modules()):
+        if isinstance(layer, nn.Conv2d):
+            parametrizations.spectral_norm(layer)
+    return module
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:

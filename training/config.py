@@ -94,12 +94,20 @@ class DiscriminatorConfig:
     n_layers: int = 3
     base_width: int = 64
     norm: str = "batch"
+    # pix2pixHD's multi-scale PatchGAN: this many discriminators of the shape above, each with
+    # its own weights, the k-th judging the pair average-pooled k times by 2 (so at 2 scales a
+    # 70x70 patch also covers 140x140 pixels); the adversarial loss averages the scales.
+    num_scales: int = 1
+    # Spectral normalization (Miyato et al. 2018) of every convolution in D: each divided by
+    # its largest singular value, so D stays 1-Lipschitz per layer.
+    spectral_norm: bool = False
 
     def validate(self) -> None:
         _choice("discriminator.norm", self.norm, NORM_KINDS)
         if not 0 <= self.n_layers <= 8:
             raise ConfigError(f"discriminator.n_layers must be 0..8, got {self.n_layers}")
         _positive("discriminator.base_width", self.base_width)
+        _positive("discriminator.num_scales", self.num_scales)
 
 
 @dataclass
@@ -116,6 +124,18 @@ class TrainConfig:
     lambda_gan: float = 1.0  # 0 turns the adversarial term off (L1-only regression)
     d_steps: int = 1  # discriminator updates per generator update
     pool_size: int = 0  # history of generated pairs shown to D (0 = off, as in pix2pix)
+    # D's own learning rate (TTUR, Heusel et al. 2017; 0 = train.lr); the schedule decays it
+    # like G's.
+    lr_d: float = 0.0
+    # pix2pixHD's feature matching: G also matches D's activations (after every LeakyReLU) on
+    # real pairs, in L1, weighted 4 / layers per scale and averaged over scales (0 = off;
+    # pix2pixHD uses 10). Costs one more D forward on the real pair per G step.
+    lambda_feat: float = 0.0
+    # Lazy R1 penalty (Mescheder et al. 2018, as in StyleGAN2): every r1_every D steps,
+    # r1_gamma / 2 * E ||grad_B D(A, B)||^2 on real pairs, times r1_every, joins D's loss
+    # (0 = off). D(A, B) is the mean patch logit; multi-scale D sums the scales' penalties.
+    r1_gamma: float = 0.0
+    r1_every: int = 16
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = True
@@ -151,6 +171,17 @@ class TrainConfig:
             raise ConfigError("train.epochs + train.epochs_decay is 0: nothing to train")
         _positive("train.max_steps", self.max_steps, allow_zero=True)
         _positive("train.d_steps", self.d_steps)
+        _positive("train.r1_every", self.r1_every)
+        for key in ("lr_d", "lambda_feat", "r1_gamma"):
+            value = getattr(self, key)
+            if not 0 <= value < float("inf"):
+                raise ConfigError(f"train.{key} must be a finite number >= 0, got {value}")
+        for key in ("lambda_feat", "r1_gamma"):
+            if getattr(self, key) > 0 and self.lambda_gan == 0:
+                raise ConfigError(
+                    f"train.{key} acts through the discriminator, which train.lambda_gan = 0 "
+                    f"leaves untrained: set train.lambda_gan > 0 or train.{key} = 0"
+                )
         _positive("train.log_every", self.log_every)
         _positive("train.sample_every", self.sample_every)
         _positive("train.save_every", self.save_every)
@@ -200,6 +231,18 @@ class Config:
                 "train.color_loss = 'classification' predicts Lab ab bins: it needs "
                 "data.layout = 'colorization' with data.color_space = 'lab'"
             )
+        if self.discriminator.num_scales > 1:
+            coarsest = self.data.crop_size
+            for _ in range(self.discriminator.num_scales - 1):
+                coarsest = (coarsest + 1) // 2
+            n_layers = self.discriminator.n_layers
+            if n_layers and coarsest < 3 * 2**n_layers:
+                raise ConfigError(
+                    f"discriminator.num_scales = {self.discriminator.num_scales}: the coarsest "
+                    f"scale sees {coarsest} px of data.crop_size = {self.data.crop_size}, fewer "
+                    f"than the {3 * 2**n_layers} px that discriminator.n_layers = {n_layers} "
+                    "needs; use fewer scales or layers"
+                )
         return self
 
     @property

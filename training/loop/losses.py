@@ -1,4 +1,9 @@
-"""Adversarial losses for the PatchGAN (vanilla, least-squares, hinge) and the history pool."""
+"""The discriminator's losses: adversarial objectives (vanilla, least-squares, hinge), pix2pixHD's
+feature matching, the R1 penalty, and the history pool.
+
+A multi-scale discriminator gives a list with one output per scale where a PatchDiscriminator
+gives one; every loss here takes either.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ class GANLoss:
             raise ValueError(f"unknown gan mode {mode!r}")
         self.mode = mode
 
-    def discriminator(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+    def discriminator(self, logits: torch.Tensor | list[torch.Tensor], real: bool) -> torch.Tensor:
+        if isinstance(logits, list):
+            return _mean([self.discriminator(scale, real) for scale in logits])
         logits = logits.float()
         if self.mode == "vanilla":
             target = torch.ones_like(logits) if real else torch.zeros_like(logits)
@@ -29,7 +36,9 @@ class GANLoss:
             functional.relu(1.0 - logits).mean() if real else functional.relu(1.0 + logits).mean()
         )
 
-    def generator(self, logits: torch.Tensor) -> torch.Tensor:
+    def generator(self, logits: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        if isinstance(logits, list):
+            return _mean([self.generator(scale) for scale in logits])
         logits = logits.float()
         if self.mode == "hinge":
             return -logits.mean()
@@ -38,6 +47,76 @@ class GANLoss:
     def threshold(self) -> float:
         """The logit above which D calls a patch real."""
         return 0.5 if self.mode == "lsgan" else 0.0
+
+    def accuracy(self, logits: torch.Tensor | list[torch.Tensor], real: bool) -> torch.Tensor:
+        """The share of patches that D classifies rightly (no gradient)."""
+        if isinstance(logits, list):
+            return _mean([self.accuracy(scale, real) for scale in logits])
+        logits = logits.detach().float()
+        right = logits > self.threshold() if real else logits <= self.threshold()
+        return right.float().mean()
+
+
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(values).mean()
+
+
+def feature_matching_loss(
+    fake: list[torch.Tensor] | list[list[torch.Tensor]],
+    real: list[torch.Tensor] | list[list[torch.Tensor]],
+) -> torch.Tensor:
+    """pix2pixHD's feature matching: L1 between D's activations on (A, G(A)) and on (A, B).
+
+    Each argument is one scale's activations, layer by layer (a PatchDiscriminator's), or a
+    list of those (a MultiScaleDiscriminator's). The real pair's activations are targets: no
+    gradient reaches them. As in pix2pixHD, a scale's layers are weighted 4 / their number
+    (4 / (n_layers + 1)) and the scales averaged.
+    """
+    if isinstance(fake[0], torch.Tensor):
+        fake, real = [fake], [real]
+    total = torch.zeros((), device=fake[0][0].device)
+    for fake_layers, real_layers in zip(fake, real, strict=True):
+        weight = 4.0 / (len(fake_layers) * len(fake))
+        for fake_layer, real_layer in zip(fake_layers, real_layers, strict=True):
+            total = total + weight * functional.l1_loss(
+                fake_layer.float(), real_layer.detach().float()
+            )
+    return total
+
+
+class R1Penalty:
+    """Lazy R1 regularization (Mescheder et al. 2018; lazy as in StyleGAN2): a penalty on D's
+    gradient with respect to real images, which keeps D from growing steep around the data.
+
+    Due every ``every``-th D step, and then ``every`` times gamma / 2 * E ||grad_B D(A, B)||^2,
+    so that per step it weighs gamma / 2 on average at 1 / ``every`` of the cost. D(A, B) is the
+    image's mean patch logit, the scalar the adversarial loss averages, so gamma means the same
+    at any image size; a multi-scale D sums its scales' penalties.
+    """
+
+    def __init__(self, gamma: float, every: int = 16):
+        self.gamma = gamma
+        self.every = every
+
+    def due(self, d_step: int) -> bool:
+        """Whether D step number ``d_step`` (counted from 0 over the whole run) adds it."""
+        return self.gamma > 0 and d_step % self.every == 0
+
+    def __call__(
+        self, discriminator: torch.nn.Module, condition: torch.Tensor, image: torch.Tensor
+    ) -> torch.Tensor:
+        """The term for D's loss. Computed in fp32 whatever autocast surrounds it (a squared
+        gradient underflows in half precision); its graph runs through the gradient, so D's
+        backward differentiates the penalty."""
+        image = image.detach().requires_grad_(True)
+        with torch.autocast(image.device.type, enabled=False):
+            logits = discriminator(condition.detach(), image)
+            penalty = torch.zeros((), device=image.device)
+            for scale in logits if isinstance(logits, list) else [logits]:
+                per_image = scale.float().flatten(1).mean(dim=1)
+                (gradient,) = torch.autograd.grad(per_image.sum(), image, create_graph=True)
+                penalty = penalty + gradient.square().flatten(1).sum(dim=1).mean()
+        return 0.5 * self.gamma * self.every * penalty
 
 
 class HistoryPool:

@@ -42,7 +42,7 @@ from model.checkpoint import (
 from model.color_bins import ab_bins
 from model.cpu_features import native_bf16
 from model.files import write_text_atomic
-from model.networks import PatchDiscriminator, build_generator, init_weights
+from model.networks import build_discriminator, build_generator, init_weights, spectral_normalize
 from model.processing import decode_output, input_preview, rgb_to_lab
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.config import Config, ConfigError, config_from_dict
@@ -50,7 +50,7 @@ from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
 from training.loop import distributed, optim
 from training.loop.color_loss import ColorClassificationLoss, estimate_prior
-from training.loop.losses import GANLoss, HistoryPool
+from training.loop.losses import GANLoss, HistoryPool, R1Penalty, feature_matching_loss
 from training.loop.meter import IntervalMeter
 from training.loop.monitor import MonitorSettings, TrainingMonitor
 
@@ -165,6 +165,10 @@ class EpochIndexed(Dataset):
 STAT_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake", "D_acc_real", "D_acc_fake")
 # With train.color_loss = "classification", the rebalanced cross-entropy follows them.
 CLASSIFICATION_STAT = "G_class"
+# With train.lambda_feat, the feature-matching loss; with train.r1_gamma, the R1 term that D's
+# loss gained, per D step (0 on the steps between its lazy updates).
+FEATURE_MATCHING_STAT = "G_feat"
+R1_STAT = "D_r1"
 # Training images the color prior of the classification loss is counted over.
 PRIOR_IMAGES = 256
 
@@ -222,14 +226,17 @@ class Trainer:
         self.generator = build_generator(
             self.spec.architecture, self.spec.in_channels, self.spec.out_channels
         )
-        self.discriminator = PatchDiscriminator(
+        self.discriminator = build_discriminator(
             in_channels=self.spec.in_channels + self.spec.out_channels,
             base_width=config.discriminator.base_width,
             n_layers=config.discriminator.n_layers,
             norm=config.discriminator.norm,
+            num_scales=config.discriminator.num_scales,
         )
         init_weights(self.generator)
         init_weights(self.discriminator)
+        if config.discriminator.spectral_norm:
+            spectral_normalize(self.discriminator)  # after the init, which it would undo
         if config.train.sync_batchnorm:
             self.generator = distributed.sync_batchnorm(self.generator, self.dist)
             self.discriminator = distributed.sync_batchnorm(self.discriminator, self.dist)
@@ -257,7 +264,9 @@ class Trainer:
         adam = {"lr": train.lr, "betas": (train.beta1, train.beta2)}
         adam.update({"fused": True} if fused else {"foreach": True})
         self.optimizer_g = optim.Adam(self.generator.parameters(), **adam)
-        self.optimizer_d = optim.Adam(self.discriminator.parameters(), **adam)
+        self.optimizer_d = optim.Adam(
+            self.discriminator.parameters(), **adam | {"lr": train.lr_d or train.lr}
+        )
         self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, self.lr_factor)
         self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, self.lr_factor)
         # One scaler per network: D's and G's losses differ in size, and a scaler steps each
@@ -272,6 +281,11 @@ class Trainer:
         self.stat_names = STAT_NAMES + (
             (CLASSIFICATION_STAT,) if self.color_classification is not None else ()
         )
+        if train.lambda_feat > 0:
+            self.stat_names += (FEATURE_MATCHING_STAT,)
+        self.r1 = R1Penalty(train.r1_gamma, train.r1_every)
+        if train.r1_gamma > 0:
+            self.stat_names += (R1_STAT,)
         self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
         self.monitor = TrainingMonitor(
             MonitorSettings(
@@ -290,6 +304,8 @@ class Trainer:
         self.discriminator_frozen = self.discriminator_step
         if self.dist.enabled:
             self.discriminator_frozen = self.discriminator
+        # R1 differentiates D's gradient, which compiled modules cannot: it stays eager.
+        self.discriminator_r1 = self.discriminator_step
         if train.compile:
             self.generator_step = torch.compile(self.generator_step)
             self.discriminator_step = torch.compile(self.discriminator_step)
@@ -412,36 +428,55 @@ class Trainer:
 
         # Discriminator: real pairs should score real, generated pairs fake. ``detach`` keeps
         # this update from reaching into the generator.
-        loss_d_real = loss_d_fake = accuracy_real = accuracy_fake = zero
+        loss_d_real = loss_d_fake = accuracy_real = accuracy_fake = loss_d_r1 = zero
         if adversarial:
             self.discriminator.requires_grad_(True)
             # Asked once per iteration: every D step sees the same pairs, and the pool stores
             # each generated pair once.
             pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
-            for _ in range(train.d_steps):
+            for d_step in range(train.d_steps):
                 self.optimizer_d.zero_grad(set_to_none=True)
                 with self.autocast():
                     logits_fake = self.discriminator_step(pool_a, pool_fake)
                     logits_real = self.discriminator_step(real_a, real_b)
                 loss_d_fake = self.gan_loss.discriminator(logits_fake, real=False)
                 loss_d_real = self.gan_loss.discriminator(logits_real, real=True)
-                self.scaler_d.scale(0.5 * (loss_d_fake + loss_d_real)).backward()
+                loss_d = 0.5 * (loss_d_fake + loss_d_real)
+                # The lazy R1 penalty, on its own fp32 pass over the real pairs; D steps are
+                # counted over the run, so a resumed run keeps the rhythm.
+                if self.r1.due(self.step * train.d_steps + d_step):
+                    penalty = self.r1(self.discriminator_r1, real_a, real_b)
+                    loss_d = loss_d + penalty
+                    loss_d_r1 = loss_d_r1 + penalty.detach() / train.d_steps
+                self.scaler_d.scale(loss_d).backward()
                 self.scaler_d.step(self.optimizer_d)
                 self.scaler_d.update()
-            threshold = self.gan_loss.threshold()
-            accuracy_real = (logits_real.detach().float() > threshold).float().mean()
-            accuracy_fake = (logits_fake.detach().float() <= threshold).float().mean()
+            accuracy_real = self.gan_loss.accuracy(logits_real, real=True)
+            accuracy_fake = self.gan_loss.accuracy(logits_fake, real=False)
 
         # Generator: fool the (frozen) discriminator and stay close to B in L1.
+        # With feature matching, also match D's activations on the real pair (targets only).
         self.optimizer_g.zero_grad(set_to_none=True)
-        loss_g_gan = zero
+        feature_matching = train.lambda_feat > 0
+        loss_g_gan = loss_g_feat = zero
         if adversarial:
             self.discriminator.requires_grad_(False)
             with self.autocast():
-                logits_fooled = self.discriminator_frozen(real_a, fake_b)
+                if feature_matching:
+                    with torch.no_grad():
+                        _, features_real = self.discriminator_frozen(real_a, real_b, features=True)
+                    logits_fooled, features_fake = self.discriminator_frozen(
+                        real_a, fake_b, features=True
+                    )
+                else:
+                    logits_fooled = self.discriminator_frozen(real_a, fake_b)
             loss_g_gan = self.gan_loss.generator(logits_fooled)
+            if feature_matching:
+                loss_g_feat = feature_matching_loss(features_fake, features_real)
         loss_g_l1 = torch.nn.functional.l1_loss(fake_b.float(), real_b)
         loss_g = train.lambda_gan * loss_g_gan + train.lambda_l1 * loss_g_l1
+        if feature_matching:
+            loss_g = loss_g + train.lambda_feat * loss_g_feat
         if self.color_classification is not None:
             loss_g_class = self.color_classification(logits, real_b)
             loss_g = loss_g + train.lambda_classification * loss_g_class
@@ -456,6 +491,10 @@ class Trainer:
         stats = [loss_g_gan, loss_g_l1, loss_d_real, loss_d_fake, accuracy_real, accuracy_fake]
         if self.color_classification is not None:
             stats.append(loss_g_class)
+        if feature_matching:
+            stats.append(loss_g_feat)
+        if self.r1.gamma > 0:
+            stats.append(loss_d_r1)
         return torch.stack(stats).detach()
 
     @torch.no_grad()
@@ -557,6 +596,8 @@ class Trainer:
                     record = {"kind": "train", "step": self.step, "epoch": epoch}
                     record.update(interval.means(self.dist.sum))
                     record["lr"] = self.scheduler_g.get_last_lr()[0]
+                    if train.lr_d:
+                        record["lr_d"] = self.scheduler_d.get_last_lr()[0]
                     record.update(interval.rates())
                     record.update(self.monitor.observe_train(record))
                     _append_record(metrics_file, record)
