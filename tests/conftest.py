@@ -102,6 +102,10 @@ def synth_color(tmp_path_factory) -> Path:
 # -- served models and a real server ------------------------------------------------------------
 
 
+# What the tiny label-map model says it was trained on (config `description`, spec extra).
+DESCRIPTION = "Untrained: three levels of width 4, for tests."
+
+
 def write_tiny_models(root: Path) -> Path:
     """Untrained 3-level generators: a label-map model, a photo model and a Lab colorizer."""
     from model.checkpoint import save_model_folder
@@ -121,8 +125,9 @@ def write_tiny_models(root: Path) -> Path:
     }
     torch.manual_seed(0)
     for name, spec in specs.items():
+        about = {"extra": {"description": DESCRIPTION}} if name == "labels" else {}
         spec = GeneratorSpec.from_dict(
-            spec.to_dict() | {"train_size": 32, "pad_multiple": 8, "task": name}
+            spec.to_dict() | {"train_size": 32, "pad_multiple": 8, "task": name} | about
         )
         generator = build_generator(spec.architecture, spec.in_channels, spec.out_channels)
         init_weights(generator)

@@ -318,9 +318,9 @@ def test_split_undoes_combine_and_writes_one_side_for_colorization(tmp_path: Pat
     assert both == {"out": str(tmp_path / "both"), "images": 3, "splits": {"train": 2, "test": 1}}
     for split, stem in [("train", "x"), ("train", "y"), ("test", "z")]:
         for side, folder in (("A", a_dir), ("B", b_dir)):
-            with Image.open(tmp_path / "both" / split / side / f"{stem}.png") as written:
-                with Image.open(folder / split / f"{stem}.png") as original:
-                    np.testing.assert_array_equal(np.asarray(written), np.asarray(original))
+            written = tmp_path / "both" / split / side / f"{stem}.png"
+            with Image.open(written) as image, Image.open(folder / split / f"{stem}.png") as source:
+                np.testing.assert_array_equal(np.asarray(image), np.asarray(source))
 
     photos = tmp_path / "photos"
     assert split_aligned(aligned, photos, side="A")["images"] == 3

@@ -266,3 +266,12 @@ def test_evaluation_reads_jpeg_ed_label_colors_within_the_tolerance(label_datase
     config = data_config_for(spec, label_dataset, "test", palette_tolerance=255)
     a, _ = PairedDataset(config, "test", spec, train=False).arrays(0)
     np.testing.assert_array_equal(a, exact)
+
+
+def test_config_description_travels_in_the_spec(label_dataset, tmp_path):
+    config = label_config(label_dataset, tmp_path)
+    assert make_spec(config).extra == {}
+    set_value(config, "description", "Painted facades: CMP Facades, 400 photos.")
+    spec = make_spec(config)
+    assert spec.extra["description"] == "Painted facades: CMP Facades, 400 photos."
+    assert type(spec).from_dict(spec.to_dict()).extra == spec.extra

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import PALETTE, LiveServer, palette_image
+from tests.conftest import DESCRIPTION, PALETTE, LiveServer, palette_image
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -48,6 +48,7 @@ def test_models_are_listed_with_their_contract(live_server):
     assert [p["name"] for p in labels["palette"]] == [p["name"] for p in PALETTE]
     assert models["gray"]["color_space"] == "lab"
     assert models["photo"]["train_size"] == 32 and models["photo"]["runtime"] == "torch"
+    assert labels["description"] == DESCRIPTION and models["photo"]["description"] is None
 
 
 @pytest.mark.parametrize("size", [(37, 53), (333, 517), (8, 8), (1, 300)])

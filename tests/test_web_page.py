@@ -138,6 +138,8 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(
     select.select_option("labels")
     # The model details name the version served (a content hash of its files).
     expect(page.locator("#model-meta")).to_contain_text(f"Version {labels['version']}")
+    # and what the model was trained on, as its spec says.
+    expect(page.get_by_test_id("model-about")).to_have_text(labels["description"])
     canvas = page.get_by_test_id("paint-canvas")
     expect(canvas).to_be_visible()
     swatches = page.get_by_test_id("palette-swatch")
@@ -174,6 +176,7 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(
     select.select_option("photo")
     expect(page.get_by_test_id("drop-zone")).to_be_visible()
     expect(canvas).to_be_hidden()
+    expect(page.get_by_test_id("model-about")).to_be_hidden()  # its spec says nothing
     ramp = np.linspace(0, 255, 96, dtype=np.uint8)
     pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:64, None], 128), axis=-1)
     photo_path = tmp_path / "gradient.png"

@@ -208,6 +208,9 @@ class Config:
     seed: int = 0
     runs_dir: str = "runs"
     task: str = ""
+    # What the model was trained on and how, in a sentence: it travels in the spec (extra) to
+    # /v1/models and the web page.
+    description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)

@@ -58,6 +58,9 @@ class ModelInfo(BaseModel):
     in_channels: int | None
     out_channels: int | None
     palette: list[PaletteEntry]
+    description: str | None = Field(
+        description="what the model was trained on and how, as its training config says"
+    )
     train_size: int | None
     pad_multiple: int | None
     inference_mode: str | None
@@ -103,6 +106,7 @@ def describe(served: ServedModel) -> ModelInfo:
             PaletteEntry(id=c.id, name=c.name, color=c.color)
             for c in (spec.palette if spec else ())
         ],
+        description=(str(spec.extra.get("description") or "") or None) if spec else None,
         train_size=spec.train_size if spec else None,
         pad_multiple=spec.pad_multiple if spec else None,
         inference_mode=spec.inference_mode if spec else None,

@@ -25,6 +25,7 @@
   const ui = {
     modelSelect: element("model-select"),
     modelMeta: element("model-meta"),
+    modelAbout: element("model-about"),
     settings: element("settings"),
     apiKey: element("api-key"),
     themeSelect: element("theme-select"),
@@ -232,6 +233,8 @@
         return item;
       }),
     );
+    ui.modelAbout.textContent = model?.description || "";
+    ui.modelAbout.hidden = !model?.description;
   }
 
   function selectModel(name) {

@@ -211,6 +211,7 @@ def make_spec(config: Config) -> GeneratorSpec:
             inference_mode=generator.inference_mode,  # type: ignore[arg-type]
             task=config.task or config.name,
             direction=data.direction,
+            extra={"description": config.description} if config.description else {},
         )
     except SpecError as error:
         raise DataError(f"config does not describe a usable generator: {error}") from error
