@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional
 
 from model.errors import CheckpointError
-from model.networks import DownBlock, ResizeConv, UNetGenerator, UpBlock
+from model.networks import DownBlock, ResizeConv, SpatiallyAdaptiveNorm, UNetGenerator, UpBlock
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,11 @@ class PhaseResizeConv(_PhaseConvolution):
 
 def _fold_batch_norm(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> None:
     """Scale ``conv``'s output channels so that conv(x) == norm(old_conv(x)) in eval mode."""
-    scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-    shift = norm.bias.detach() - norm.running_mean * scale
+    scale = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    shift = -norm.running_mean * scale
+    if norm.affine:  # a SPADE block's batch norm has no scale and shift of its own
+        weight = norm.weight.detach()
+        scale, shift = scale * weight, shift * weight + norm.bias.detach()
     shape = (-1, 1, 1, 1) if isinstance(conv, nn.Conv2d) else (1, -1, 1, 1)
     with torch.no_grad():
         conv.weight.mul_(scale.view(shape))
@@ -129,13 +132,27 @@ def _fold_batch_norm(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d)
 
 def inference_graph(generator: UNetGenerator) -> UNetGenerator:
     """An eval-mode copy with batch norm folded and upsampling layers (transposed convs or
-    resize convs) rewritten (same outputs in fp32 up to rounding); ``generator`` is untouched."""
+    resize convs) rewritten (same outputs in fp32 up to rounding); ``generator`` is untouched.
+
+    A SPADE block's batch norm (without affine parameters) folds into the conv before it
+    alike; its modulation stays as it is: 3x3 convolutions, quantized like the others, and a
+    multiply-add on 8-bit activations (only the nearest resize of the input label map runs in
+    float). Group and instance norm depend on each input and stay; ONNX Runtime has no int8
+    kernel for them, so they compute in float between 8-bit activations.
+    """
     graph = copy.deepcopy(generator).eval()
     for block in graph.modules():
-        if isinstance(block, DownBlock | UpBlock) and isinstance(block.norm, nn.BatchNorm2d):
-            conv = block.conv.conv if isinstance(block.conv, ResizeConv) else block.conv
+        if not isinstance(block, DownBlock | UpBlock):
+            continue
+        conv = block.conv.conv if isinstance(block.conv, ResizeConv) else block.conv
+        if isinstance(block.norm, nn.BatchNorm2d):
             _fold_batch_norm(conv, block.norm)
             block.norm = nn.Identity()
+        elif isinstance(block.norm, SpatiallyAdaptiveNorm) and isinstance(
+            block.norm.norm, nn.BatchNorm2d
+        ):
+            _fold_batch_norm(conv, block.norm.norm)
+            block.norm.norm = nn.Identity()
     for parent in list(graph.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.ConvTranspose2d):

@@ -20,14 +20,14 @@ SPEC_FILENAME = "spec.json"
 
 InputKind = Literal["photo", "grayscale", "label_map"]
 ColorSpace = Literal["rgb", "lab"]
-NormKind = Literal["batch", "instance", "none"]
+NormKind = Literal["batch", "instance", "group", "none"]
 UpsampleKind = Literal["transpose", "resize"]
 HeadKind = Literal["tanh", "ab_bins"]
 InferenceMode = Literal["eval", "train"]
 
 INPUT_KINDS = ("photo", "grayscale", "label_map")
 COLOR_SPACES = ("rgb", "lab")
-NORM_KINDS = ("batch", "instance", "none")
+NORM_KINDS = ("batch", "instance", "group", "none")
 UPSAMPLE_KINDS = ("transpose", "resize")
 HEAD_KINDS = ("tanh", "ab_bins")
 INFERENCE_MODES = ("eval", "train")
@@ -54,6 +54,9 @@ class LabelClass:
 class GeneratorArchitecture:
     """The U-Net's shape: enough to rebuild the network before loading its weights.
 
+    ``norm`` is ``batch``, ``instance`` (without affine parameters, as in the paper), ``group``
+    (group norm with affine parameters; see ``model.networks.group_count``) or ``none``.
+
     ``upsample`` is how the decoder doubles its maps: ``transpose`` (the paper's 4x4 stride-2
     transposed convolution) or ``resize`` (nearest-neighbour 2x, then a 3x3 convolution; see
     ``model.networks.ResizeConv``). Specs written before the option existed mean ``transpose``,
@@ -63,6 +66,11 @@ class GeneratorArchitecture:
     ``ab_bins`` (Lab colorization by classification: one logit per ab bin of side ``ab_grid``,
     decoded to ab by the annealed mean at ``temperature``; see ``model.color_bins``). A spec
     without a head means ``tanh``, and a ``tanh`` spec is written without these three fields.
+
+    ``spade``: every decoder level's normalization loses its affine parameters and is followed
+    by a per-pixel scale and shift computed from the one-hot input label map (SPADE; see
+    ``model.networks.SpatiallyAdaptiveNorm``). Only for one-hot label-map generators. A spec
+    without the field means false, and one without SPADE is written without it.
     """
 
     name: str = "unet"
@@ -74,6 +82,7 @@ class GeneratorArchitecture:
     head: HeadKind = "tanh"
     ab_grid: int = 10
     temperature: float = 0.38
+    spade: bool = False
 
     def __post_init__(self) -> None:
         if self.name != "unet":
@@ -92,6 +101,10 @@ class GeneratorArchitecture:
             raise SpecError(f"ab_grid must be between 1 and 55 (Lab units), got {self.ab_grid}")
         if not 0 < self.temperature <= 1:
             raise SpecError(f"temperature must be in (0, 1], got {self.temperature}")
+        if not isinstance(self.spade, bool):
+            raise SpecError(f"spade must be true or false, got {self.spade!r}")
+        if self.spade and self.norm == "none":
+            raise SpecError("spade modulates normalized features: it needs a norm, not 'none'")
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,8 @@ class GeneratorSpec:
                     f"one_hot={self.one_hot} takes {expected} input channels, "
                     f"not {self.in_channels}"
                 )
+        if self.architecture.spade and not (self.input_kind == "label_map" and self.one_hot):
+            raise SpecError("a spade generator needs a one-hot label map as input")
         if self.color_space == "lab":
             if self.input_kind != "grayscale" or self.in_channels != 1 or self.out_channels != 2:
                 raise SpecError("a lab generator takes grayscale L (1 channel) and returns ab (2)")
@@ -181,6 +196,9 @@ class GeneratorSpec:
             # As specs were before heads existed, and as they are read back.
             for key in ("head", "ab_grid", "temperature"):
                 del data["architecture"][key]
+        if not self.architecture.spade:
+            # As specs were before the option existed, and as they are read back.
+            del data["architecture"]["spade"]
         return data
 
     @classmethod

@@ -72,6 +72,7 @@ class DataConfig:
 class GeneratorConfig:
     num_downs: int = 8
     base_width: int = 64
+    # batch | instance (no affine, the paper's) | group (affine) | none.
     norm: str = "batch"
     dropout: bool = True
     # transpose: the paper's 4x4 stride-2 transposed convs; resize: nearest 2x + 3x3 conv,
@@ -79,6 +80,9 @@ class GeneratorConfig:
     upsample: str = "transpose"
     # eval: running statistics, no dropout at inference; train: the paper's test-time noise.
     inference_mode: str = "eval"
+    # One-hot label maps only: the label map sets a per-pixel scale and shift after every
+    # decoder norm (SPADE, Park et al. 2019).
+    spade: bool = False
 
     def validate(self) -> None:
         _choice("generator.norm", self.norm, NORM_KINDS)
@@ -87,6 +91,11 @@ class GeneratorConfig:
         if not 1 <= self.num_downs <= 10:
             raise ConfigError(f"generator.num_downs must be 1..10, got {self.num_downs}")
         _positive("generator.base_width", self.base_width)
+        if self.spade and self.norm == "none":
+            raise ConfigError(
+                "generator.spade = true modulates normalized features: it needs "
+                "generator.norm = 'batch', 'instance' or 'group', not 'none'"
+            )
 
 
 @dataclass
@@ -227,6 +236,12 @@ class Config:
             raise ConfigError(
                 f"data.crop_size ({self.data.crop_size}) must be a multiple of "
                 f"2**generator.num_downs ({2**self.generator.num_downs})"
+            )
+        if self.generator.spade and not (self.data.input_kind == "label_map" and self.data.one_hot):
+            raise ConfigError(
+                "generator.spade = true takes the one-hot label map as its modulation: it "
+                "needs data.input_kind = 'label_map' and data.one_hot = true (got "
+                f"{self.data.input_kind!r}, one_hot = {str(self.data.one_hot).lower()})"
             )
         lab = self.data.layout == "colorization" and self.data.color_space == "lab"
         if self.train.color_loss == "classification" and not lab:

@@ -199,6 +199,7 @@ def make_spec(config: Config) -> GeneratorSpec:
                 dropout=generator.dropout,
                 upsample=generator.upsample,  # type: ignore[arg-type]
                 head="ab_bins" if config.train.color_loss == "classification" else "tanh",
+                spade=generator.spade,
             ),
             in_channels=in_channels,
             out_channels=out_channels,
