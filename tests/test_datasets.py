@@ -275,3 +275,26 @@ def test_config_description_travels_in_the_spec(label_dataset, tmp_path):
     spec = make_spec(config)
     assert spec.extra["description"] == "Painted facades: CMP Facades, 400 photos."
     assert type(spec).from_dict(spec.to_dict()).extra == spec.extra
+
+
+def test_int8_calibration_reads_label_colors_as_the_run_did(label_dataset, tmp_path):
+    from model.checkpoint import save_model_folder
+    from model.networks import build_generator
+    from training.data.calibration import calibration_inputs
+
+    colors = np.array([entry["color"] for entry in PALETTE], dtype=np.int16)
+    for path in sorted((label_dataset / "train" / "A").glob("*.png")):
+        with Image.open(path) as image:
+            ids = np.asarray(image)
+        Image.fromarray((colors[ids] + 2).clip(0, 255).astype(np.uint8)).save(path)
+    config = label_config(label_dataset, tmp_path)
+    spec = make_spec(config)
+    run = tmp_path / "run"
+    save_model_folder(run, build_generator(spec.architecture, spec.in_channels, 3), spec)
+    (run / "config.toml").write_text(config.to_toml())
+    with pytest.raises(Exception, match="not in the palette"):
+        calibration_inputs(run, None, 2)
+    set_value(config, "data.palette_tolerance", "8")
+    (run / "config.toml").write_text(config.to_toml())
+    inputs = calibration_inputs(run, None, 2)
+    assert inputs.shape[:2] == (2, len(PALETTE)) and set(np.unique(inputs)) <= {-1.0, 1.0, 0.0}

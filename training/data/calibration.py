@@ -21,8 +21,12 @@ def calibration_inputs(source: str | Path, root: str | Path | None, count: int) 
     run at ``source`` was trained on."""
     spec = load_spec(source)
     run_config = Path(source) / "config.toml"
-    if root is None and run_config.is_file():
-        root = load_config(run_config).data.root
+    # A run's label colors are read as it read them in training (JPEG-ed maps need a tolerance).
+    tolerance = 0
+    if run_config.is_file():
+        trained_on = load_config(run_config).data
+        tolerance = trained_on.palette_tolerance
+        root = trained_on.root if root is None else root
     if root is None:
         raise CheckpointError(
             "--int8 needs calibration images: --calibration DIR (a dataset root or a folder of "
@@ -31,7 +35,8 @@ def calibration_inputs(source: str | Path, root: str | Path | None, count: int) 
     root = Path(root)
     splits = [split for split in ("train", "val", "test") if (root / split).is_dir()]
     if splits:
-        dataset = PairedDataset(data_config_for(spec, root, splits[0]), splits[0], spec, False)
+        config = data_config_for(spec, root, splits[0], tolerance)
+        dataset = PairedDataset(config, splits[0], spec, False)
         items = [dataset[index]["A"].numpy() for index in range(min(count, len(dataset)))]
         return np.stack(items) if items else np.zeros((0, spec.in_channels, 1, 1), np.float32)
     if not root.is_dir():
@@ -40,7 +45,7 @@ def calibration_inputs(source: str | Path, root: str | Path | None, count: int) 
     for path in list_images(root)[:count]:
         try:
             with Image.open(path) as image:
-                array = encode_input(prepare_input(image, spec), spec)
+                array = encode_input(prepare_input(image, spec, tolerance), spec)
         except (OSError, InputError) as error:
             raise CheckpointError(f"{path}: cannot use it for calibration ({error})") from error
         arrays.append(fit_to_training_size(array[None], spec)[0])
