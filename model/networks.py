@@ -364,28 +364,22 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
 
 def build_generator(architecture: GeneratorArchitecture, in_channels: int, out_channels: int):
     """The generator described by a spec's architecture (weights uninitialized)."""
+    shape = {
+        "num_downs": architecture.num_downs,
+        "base_width": architecture.base_width,
+        "norm": architecture.norm,
+        "dropout": architecture.dropout,
+        "upsample": architecture.upsample,
+    }
     if architecture.head == "ab_bins":
         # Imported here: color_bins builds on this module's U-Net.
         from model.color_bins import BinnedColorGenerator
 
         return BinnedColorGenerator(
-            num_downs=architecture.num_downs,
-            base_width=architecture.base_width,
-            norm=architecture.norm,
-            dropout=architecture.dropout,
-            upsample=architecture.upsample,
-            grid=architecture.ab_grid,
-            temperature=architecture.temperature,
+            **shape, grid=architecture.ab_grid, temperature=architecture.temperature
         )
     return UNetGenerator(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        num_downs=architecture.num_downs,
-        base_width=architecture.base_width,
-        norm=architecture.norm,
-        dropout=architecture.dropout,
-        upsample=architecture.upsample,
-        spade=architecture.spade,
+        in_channels=in_channels, out_channels=out_channels, spade=architecture.spade, **shape
     )
 
 
