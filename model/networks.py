@@ -80,7 +80,8 @@ def upsampling(kind: str, in_channels: int, out_channels: int, *, bias: bool) ->
 class SpatiallyAdaptiveNorm(nn.Module):
     """SPADE (Park et al., "Semantic Image Synthesis with Spatially-Adaptive Normalization",
     2019): a normalization without affine parameters, then a scale and shift per pixel and
-    channel, computed from the label map at this map's size.
+    channel, computed from the label map at this map's size: the one-hot map, or the
+    generator's input image where that is what carries the layout (a color-coded label image).
 
     A plain norm's learned shift is one number per channel, and normalization washes out what
     a flat label region said; here the label map decides at every decoder level, as
@@ -161,8 +162,8 @@ class UNetGenerator(nn.Module):
     C512-C512 and a 256x256 input reaches a 1x1 bottleneck; ``num_downs`` = 7 suits 128 px.
     Inputs must have sides divisible by ``2 ** num_downs``. ``upsample`` chooses the decoder's
     upsampling layers: the paper's transposed convolutions or ``ResizeConv``. With ``spade``
-    the input is a one-hot label map that also modulates every decoder block's normalization
-    (``SpatiallyAdaptiveNorm``); the forward pass keeps it for them.
+    the input (a one-hot label map, or an image) also modulates every decoder block's
+    normalization (``SpatiallyAdaptiveNorm``); the forward pass keeps it for them.
     """
 
     def __init__(

@@ -68,9 +68,11 @@ class GeneratorArchitecture:
     without a head means ``tanh``, and a ``tanh`` spec is written without these three fields.
 
     ``spade``: every decoder level's normalization loses its affine parameters and is followed
-    by a per-pixel scale and shift computed from the one-hot input label map (SPADE; see
-    ``model.networks.SpatiallyAdaptiveNorm``). Only for one-hot label-map generators. A spec
-    without the field means false, and one without SPADE is written without it.
+    by a per-pixel scale and shift computed from the generator's input (SPADE; see
+    ``model.networks.SpatiallyAdaptiveNorm``): a one-hot label map, or the image itself for
+    the other input kinds (a color-coded label image, say), never label ids. Not with the
+    ``ab_bins`` head. A spec without the field means false, and one without SPADE is written
+    without it.
     """
 
     name: str = "unet"
@@ -105,6 +107,8 @@ class GeneratorArchitecture:
             raise SpecError(f"spade must be true or false, got {self.spade!r}")
         if self.spade and self.norm == "none":
             raise SpecError("spade modulates normalized features: it needs a norm, not 'none'")
+        if self.spade and self.head != "tanh":
+            raise SpecError(f"spade is built for the tanh head, not {self.head!r}")
 
 
 @dataclass(frozen=True)
@@ -163,8 +167,8 @@ class GeneratorSpec:
                     f"one_hot={self.one_hot} takes {expected} input channels, "
                     f"not {self.in_channels}"
                 )
-        if self.architecture.spade and not (self.input_kind == "label_map" and self.one_hot):
-            raise SpecError("a spade generator needs a one-hot label map as input")
+        if self.architecture.spade and self.input_kind == "label_map" and not self.one_hot:
+            raise SpecError("a spade generator on label maps needs them one-hot, not as ids")
         if self.color_space == "lab":
             if self.input_kind != "grayscale" or self.in_channels != 1 or self.out_channels != 2:
                 raise SpecError("a lab generator takes grayscale L (1 channel) and returns ab (2)")

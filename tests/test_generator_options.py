@@ -31,10 +31,12 @@ from training.loop.trainer import Trainer
 
 LABELS = tuple(LabelClass(entry["id"], entry["name"], tuple(entry["color"])) for entry in PALETTE)
 # Group norm on a photo model with the paper's transposed convs; SPADE on a one-hot label-map
-# model with the resize decoder and batch norm, whose parameter-free norm int8 folds away.
+# model with the resize decoder and batch norm, whose parameter-free norm int8 folds away, and
+# SPADE modulated by the input image itself (a color-coded label image, say).
 OPTIONS = {
     "group": {"norm": "group"},
     "spade": {"norm": "batch", "spade": True, "upsample": "resize"},
+    "spade-photo": {"norm": "batch", "spade": True, "upsample": "resize"},
 }
 
 
@@ -187,14 +189,15 @@ def test_specs_without_the_new_fields_load_as_before_and_the_options_round_trip(
     assert '"norm": "group"' in (tmp_path / "group.json").read_text()
 
 
-def test_spec_refuses_spade_without_a_one_hot_label_map_or_a_norm():
+def test_spec_refuses_spade_on_label_ids_without_a_norm_or_with_the_bins_head():
     spade = GeneratorArchitecture(num_downs=5, spade=True)
-    with pytest.raises(SpecError, match="one-hot label map"):
-        GeneratorSpec(spade, 3, 3, "photo")
-    with pytest.raises(SpecError, match="one-hot label map"):
+    assert GeneratorSpec(spade, 3, 3, "photo").architecture.spade  # the image modulates
+    with pytest.raises(SpecError, match="needs them one-hot, not as ids"):
         GeneratorSpec(spade, 1, 3, "label_map", palette=LABELS, one_hot=False)
     with pytest.raises(SpecError, match="needs a norm"):
         GeneratorArchitecture(norm="none", spade=True)
+    with pytest.raises(SpecError, match="not 'ab_bins'"):
+        GeneratorArchitecture(spade=True, head="ab_bins")
     with pytest.raises(SpecError, match="norm must be one of"):
         GeneratorArchitecture(norm="layer")
 
@@ -202,10 +205,19 @@ def test_spec_refuses_spade_without_a_one_hot_label_map_or_a_norm():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"generator.spade": "true"}, "needs data.input_kind = 'label_map'.*got 'photo'"),
         (
             {"generator.spade": "true", "data.input_kind": "label_map", "data.one_hot": "false"},
-            "data.one_hot = true",
+            "modulates with the label map one-hot: it needs data.one_hot = true",
+        ),
+        (
+            {
+                "generator.spade": "true",
+                "data.layout": "colorization",
+                "data.input_kind": "grayscale",
+                "data.color_space": "lab",
+                "train.color_loss": "classification",
+            },
+            "built for the regression head, not for train.color_loss = 'classification'",
         ),
         (
             {"generator.spade": "true", "data.input_kind": "label_map", "generator.norm": "none"},
@@ -220,10 +232,11 @@ def test_config_refuses_what_the_options_cannot_do(overrides, message):
         load_config(None, overrides)
 
 
-def test_config_accepts_both_options_together():
+@pytest.mark.parametrize("input_kind", ["label_map", "photo", "grayscale"])
+def test_config_accepts_both_options_together(input_kind):
     config = load_config(
         None,
-        {"generator.spade": "true", "generator.norm": "group", "data.input_kind": "label_map"},
+        {"generator.spade": "true", "generator.norm": "group", "data.input_kind": input_kind},
     )
     assert config.generator.spade and config.generator.norm == "group"
 
@@ -322,10 +335,13 @@ def test_each_option_exports_to_int8_faithfully(model_folders, tmp_path, option)
 @pytest.mark.parametrize("option", OPTIONS)
 def test_each_option_trains_resumes_and_serves_tiled(tmp_path, option):
     root = write_label_dataset(tmp_path / "data", counts=(4, 2, 2))
+    spade = OPTIONS[option].get("spade", False)
+    # spade-photo reads the same color-coded label images as photos.
+    photo = option == "spade-photo"
     overrides = {
-        "data.input_kind": "label_map",
+        "data.input_kind": "photo" if photo else "label_map",
         "generator.norm": OPTIONS[option]["norm"],
-        "generator.spade": str(option == "spade").lower(),
+        "generator.spade": str(spade).lower(),
         "generator.upsample": OPTIONS[option].get("upsample", "transpose"),
         "train.ema_decay": "0.9",
         "train.save_every": "1",
@@ -344,18 +360,19 @@ def test_each_option_trains_resumes_and_serves_tiled(tmp_path, option):
     # The moving average and the raw weights (which training resumes from) both kept, SPADE's
     # convolutions among them, and both moved on from where the first step left them.
     assert any(name.startswith("raw.") for name in second)
-    assert any(".gamma." in name for name in second) == (option == "spade")
+    assert any(".gamma." in name for name in second) == spade
     for name in ("decoder.3.norm.gamma.weight", "raw.decoder.3.norm.gamma.weight"):
-        if option == "spade":
+        if spade:
             assert not torch.equal(first[name], second[name]), name
 
     spec = GeneratorSpec.load(run.run_dir)
-    assert spec.architecture.spade == (option == "spade")
+    assert spec.architecture.spade == spade
     assert spec.architecture.norm == OPTIONS[option]["norm"]
     export_model(run.run_dir, tmp_path / "model", "onnx")
     ids = np.zeros((40, 72), dtype=np.uint8)
     ids[20:] = 1
     ids[8:16, 40:56] = 2
+    image = np.array([entry["color"] for entry in PALETTE], dtype=np.uint8)[ids] if photo else ids
     outputs = {}
     for runtime in ("onnx", "torch"):
         # 32 px tiles overlapping by 8: each tile runs from its own crop of the label map.
@@ -366,6 +383,6 @@ def test_each_option_trains_resumes_and_serves_tiled(tmp_path, option):
             tile_size=32,
             tile_overlap=8,
         )
-        outputs[runtime] = np.asarray(translator(ids), dtype=np.int16)
+        outputs[runtime] = np.asarray(translator(image), dtype=np.int16)
         assert outputs[runtime].shape == (40, 72, 3) and outputs[runtime].std() > 0
     assert np.abs(outputs["onnx"] - outputs["torch"]).max() <= 1  # 8-bit rounding only

@@ -80,8 +80,8 @@ class GeneratorConfig:
     upsample: str = "transpose"
     # eval: running statistics, no dropout at inference; train: the paper's test-time noise.
     inference_mode: str = "eval"
-    # One-hot label maps only: the label map sets a per-pixel scale and shift after every
-    # decoder norm (SPADE, Park et al. 2019).
+    # The input (a one-hot label map, or the image: a color-coded label image, say) sets a
+    # per-pixel scale and shift after every decoder norm (SPADE, Park et al. 2019).
     spade: bool = False
 
     def validate(self) -> None:
@@ -237,17 +237,21 @@ class Config:
                 f"data.crop_size ({self.data.crop_size}) must be a multiple of "
                 f"2**generator.num_downs ({2**self.generator.num_downs})"
             )
-        if self.generator.spade and not (self.data.input_kind == "label_map" and self.data.one_hot):
+        if self.generator.spade and self.data.input_kind == "label_map" and not self.data.one_hot:
             raise ConfigError(
-                "generator.spade = true takes the one-hot label map as its modulation: it "
-                "needs data.input_kind = 'label_map' and data.one_hot = true (got "
-                f"{self.data.input_kind!r}, one_hot = {str(self.data.one_hot).lower()})"
+                "generator.spade = true modulates with the label map one-hot: it needs "
+                "data.one_hot = true with data.input_kind = 'label_map'"
             )
         lab = self.data.layout == "colorization" and self.data.color_space == "lab"
         if self.train.color_loss == "classification" and not lab:
             raise ConfigError(
                 "train.color_loss = 'classification' predicts Lab ab bins: it needs "
                 "data.layout = 'colorization' with data.color_space = 'lab'"
+            )
+        if self.train.color_loss == "classification" and self.generator.spade:
+            raise ConfigError(
+                "generator.spade = true is built for the regression head, not for "
+                "train.color_loss = 'classification'"
             )
         if self.discriminator.num_scales > 1:
             coarsest = self.data.crop_size
