@@ -88,7 +88,7 @@ def test_shipped_configs_load():
         *(
             f"{prefix}{task}"
             for prefix in ("", "paper-")
-            for task in ("facades", "cityscapes", "maps")
+            for task in ("facades", "cityscapes", "maps", "colorization")
         ),
     ):
         config = load_config(Path(__file__).parent.parent / "configs" / f"{name}.toml")
