@@ -8,7 +8,6 @@ atomically, so a killed run never leaves a corrupt "latest".
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.errors import CheckpointError
-from model.files import make_readable, write_atomic, write_text_atomic
+from model.files import make_readable, replace_folder, write_atomic, write_text_atomic
 from model.folders import (
     CHECKPOINTS_DIR,
     GENERATOR_WEIGHTS,
@@ -92,16 +91,8 @@ def write_checkpoint_folder(checkpoints: Path, name: str, writer) -> Path:
     try:
         writer(temp)
         make_readable(temp)
-        final = checkpoints / name
-        if final.exists():
-            stale = final.with_name(f".{name}.old")
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final, stale)
-            os.replace(temp, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(temp, final)
-        return final
+        replace_folder(temp, checkpoints / name)
+        return checkpoints / name
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

@@ -9,6 +9,7 @@ renamed over the destination.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,3 +57,19 @@ def make_readable(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move folder ``new`` to ``target``; an old ``target`` is kept until ``new`` is in place."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    previous = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(target, previous)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(previous, target)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from model.files import replace_folder
 from model.processing import IMAGE_SUFFIXES, list_images
 from training.errors import DataError
 
@@ -155,7 +156,7 @@ def download_dataset(
         missing = [split for split in info.splits if not (extracted / split).is_dir()]
         if missing:
             logger.warning("%s has no %s split folder(s)", name, ", ".join(missing))
-        _move_into_place(extracted, target)
+        replace_folder(extracted, target)
     except DataError:
         archive.unlink(missing_ok=True)
         raise
@@ -233,18 +234,13 @@ def _aligned_image_problem(path: Path) -> str | None:
     return None
 
 
-def _manual_download_hint(url: str, archive: Path) -> str:
-    return (
-        f"You can download {url} by hand and place it at {archive}, "
-        f"or set {MIRROR_ENVIRONMENT_VARIABLE} to the base URL of a mirror that holds "
-        f"{archive.name}."
-    )
-
-
 def _fetch(url: str, archive: Path, progress: bool) -> None:
     """Stream url into a temporary file next to archive; rename it only once complete."""
     partial = archive.with_name(f".{archive.name}.part")
-    hint = _manual_download_hint(url, archive)
+    hint = (
+        f"You can download {url} by hand and place it at {archive}, or set "
+        f"{MIRROR_ENVIRONMENT_VARIABLE} to the base URL of a mirror that holds {archive.name}."
+    )
     try:
         try:
             request = urllib.request.Request(
@@ -365,19 +361,3 @@ def _checked_members(
         if member.islnk() and not inside(os.path.join(base, member.linkname)):
             raise refuse(member, f"hard link to {member.linkname!r} outside the dataset")
         yield member
-
-
-def _move_into_place(extracted: Path, target: Path) -> None:
-    """Replace target by extracted, keeping the old copy until the new one is in place."""
-    if not target.exists():
-        os.replace(extracted, target)
-        return
-    previous = target.with_name(f".{target.name}.previous")
-    shutil.rmtree(previous, ignore_errors=True)
-    os.replace(target, previous)
-    try:
-        os.replace(extracted, target)
-    except OSError:
-        os.replace(previous, target)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
