@@ -41,12 +41,6 @@ class ExportResult:
     psnr: float | None = None  # int8: dB against fp32 on held-out calibration images
 
 
-def _parity_sizes(spec: GeneratorSpec) -> list[tuple[int, int]]:
-    """Two different, non-square sizes that are valid network inputs."""
-    multiple = spec.pad_multiple
-    return [(multiple, 2 * multiple), (2 * multiple, multiple)]
-
-
 def random_inputs(spec: GeneratorSpec, count: int, height: int, width: int, rng) -> np.ndarray:
     """Valid network inputs: uniform in [-1, 1], or random one-hot label maps."""
     if spec.input_kind == "label_map" and spec.one_hot:
@@ -56,10 +50,12 @@ def random_inputs(spec: GeneratorSpec, count: int, height: int, width: int, rng)
 
 
 def check_parity(reference, exported, spec: GeneratorSpec, seed: int = 0) -> dict[str, float]:
-    """Max abs difference between two runtimes on random inputs of two sizes."""
+    """Max abs difference between two runtimes on random inputs of two different, non-square
+    sizes that are valid network inputs."""
     rng = np.random.default_rng(seed)
     differences = {}
-    for height, width in _parity_sizes(spec):
+    multiple = spec.pad_multiple
+    for height, width in ((multiple, 2 * multiple), (2 * multiple, multiple)):
         batch = random_inputs(spec, 2, height, width, rng)
         difference = np.abs(reference(batch) - exported(batch)).max()
         differences[f"{height}x{width}"] = float(difference)
@@ -174,6 +170,7 @@ def _example(spec: GeneratorSpec) -> torch.Tensor:
 
 def _export_onnx(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) -> None:
     generator.eval()
+    axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -182,10 +179,7 @@ def _export_onnx(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) ->
             str(path),
             input_names=["input"],
             output_names=["output"],
-            dynamic_axes={
-                "input": {0: "batch", 2: "height", 3: "width"},
-                "output": {0: "batch", 2: "height", 3: "width"},
-            },
+            dynamic_axes={"input": axes, "output": axes},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )

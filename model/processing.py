@@ -177,9 +177,7 @@ def prepare_input(image: Image.Image, spec: GeneratorSpec, tolerance: int = 0) -
     if spec.input_kind == "label_map":
         return label_ids_from_image(image, spec, tolerance)
     rgb = to_rgb(image)
-    if spec.input_kind == "grayscale" and spec.color_space == "lab":
-        return np.asarray(rgb, dtype=np.uint8)
-    if spec.in_channels == 1:
+    if spec.in_channels == 1 and spec.color_space == "rgb":
         return np.asarray(rgb.convert("L"), dtype=np.uint8)
     return np.asarray(rgb, dtype=np.uint8)
 
@@ -241,8 +239,7 @@ def decode_output(output, spec: GeneratorSpec, input_array: np.ndarray | None = 
         lightness = rgb_to_lab(input_array)[..., :1]
         ab = output.transpose(1, 2, 0) * AB_SCALE
         return lab_to_rgb(np.concatenate([lightness, ab], axis=-1))
-    image = np.clip(np.rint((output + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    image = image.transpose(1, 2, 0)
+    image = np.clip(np.rint((output + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image)

@@ -145,14 +145,11 @@ def inference_graph(generator: UNetGenerator) -> UNetGenerator:
         if not isinstance(block, DownBlock | UpBlock):
             continue
         conv = block.conv.conv if isinstance(block.conv, ResizeConv) else block.conv
-        if isinstance(block.norm, nn.BatchNorm2d):
-            _fold_batch_norm(conv, block.norm)
-            block.norm = nn.Identity()
-        elif isinstance(block.norm, SpatiallyAdaptiveNorm) and isinstance(
-            block.norm.norm, nn.BatchNorm2d
-        ):
-            _fold_batch_norm(conv, block.norm.norm)
-            block.norm.norm = nn.Identity()
+        # A SPADE block holds its batch norm one level down.
+        owner = block.norm if isinstance(block.norm, SpatiallyAdaptiveNorm) else block
+        if isinstance(owner.norm, nn.BatchNorm2d):
+            _fold_batch_norm(conv, owner.norm)
+            owner.norm = nn.Identity()
     for parent in list(graph.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.ConvTranspose2d):

@@ -82,8 +82,7 @@ def load_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors (latest_net_G.pth)")
     # DataParallel prefixes; instance-norm buffers that old reference versions saved by mistake.
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    return state
+    return {key.removeprefix("module."): value for key, value in state.items()}
 
 
 def import_reference(
