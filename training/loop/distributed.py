@@ -62,12 +62,8 @@ class DistributedContext:
         return values
 
 
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def context_from_environment() -> DistributedContext:
-    if not launched_by_torchrun():
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistributedContext()
     return DistributedContext(
         rank=int(os.environ["RANK"]),
@@ -92,14 +88,11 @@ def setup(device_name: str) -> tuple[DistributedContext, str]:
         device_name = "cpu"
     if not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, device_id=_device_id(use_cuda, context))
+        # Binding NCCL to its device up front lets it connect eagerly and skips a warning.
+        device_id = torch.device("cuda", context.local_rank) if use_cuda else None
+        dist.init_process_group(backend=backend, device_id=device_id)
         logger.info("process group: %s, rank %d of %d", backend, context.rank, context.world_size)
     return context, device_name
-
-
-def _device_id(use_cuda: bool, context: DistributedContext) -> torch.device | None:
-    # Binding NCCL to its device up front lets it connect eagerly and skips a warning.
-    return torch.device("cuda", context.local_rank) if use_cuda else None
 
 
 def teardown() -> None:

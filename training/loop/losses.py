@@ -135,21 +135,16 @@ class HistoryPool:
     def query(self, condition: torch.Tensor, image: torch.Tensor):
         if self.size == 0:
             return condition, image
-        out_conditions, out_images = [], []
-        for one_condition, one_image in zip(condition, image, strict=True):
-            one_condition, one_image = one_condition.detach(), one_image.detach()
+        shown = []
+        for pair in zip(condition.detach(), image.detach(), strict=True):
             if len(self.images) < self.size:
-                self.conditions.append(one_condition)
-                self.images.append(one_image)
-                out_conditions.append(one_condition)
-                out_images.append(one_image)
-                continue
-            if torch.rand((), generator=self.random).item() < 0.5:
+                self.conditions.append(pair[0])
+                self.images.append(pair[1])
+            elif torch.rand((), generator=self.random).item() < 0.5:
                 slot = int(torch.randint(0, self.size, (), generator=self.random).item())
-                out_conditions.append(self.conditions[slot])
-                out_images.append(self.images[slot])
-                self.conditions[slot], self.images[slot] = one_condition, one_image
-            else:
-                out_conditions.append(one_condition)
-                out_images.append(one_image)
-        return torch.stack(out_conditions), torch.stack(out_images)
+                stored = self.conditions[slot], self.images[slot]
+                self.conditions[slot], self.images[slot] = pair
+                pair = stored
+            shown.append(pair)
+        conditions, images = zip(*shown, strict=True)
+        return torch.stack(conditions), torch.stack(images)

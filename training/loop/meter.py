@@ -44,15 +44,11 @@ class IntervalMeter:
 
     def timed(self, batches: Iterable[Item]) -> Iterator[Item]:
         """Pass ``batches`` through, counting the time spent waiting for each as data wait."""
-        iterator = iter(batches)
-        while True:
-            start = time.perf_counter()
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
+        start = time.perf_counter()
+        for item in batches:
             self.waited += time.perf_counter() - start
             yield item
+            start = time.perf_counter()
 
     def add(self, stats: torch.Tensor) -> None:
         """One step's scalars, in the order of ``names``."""

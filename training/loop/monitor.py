@@ -164,20 +164,13 @@ class TrainingMonitor:
 
     # -- resuming ----------------------------------------------------------------------------
 
+    _STATE = ("state", "candidate", "streak", "reported", "best", "best_step", "stale", "stopped")
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "candidate": self.candidate,
-            "streak": self.streak,
-            "reported": self.reported,
-            "best": self.best,
-            "best_step": self.best_step,
-            "stale": self.stale,
-            "stopped": self.stopped,
-        }
+        return {key: getattr(self, key) for key in self._STATE}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            if key not in self.state_dict():
+            if key not in self._STATE:
                 raise KeyError(f"unknown monitor state {key!r}")
             setattr(self, key, value)

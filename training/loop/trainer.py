@@ -171,6 +171,15 @@ FEATURE_MATCHING_STAT = "G_feat"
 R1_STAT = "D_r1"
 # Training images the color prior of the classification loss is counted over.
 PRIOR_IMAGES = 256
+# The Trainer's attributes whose state_dict a checkpoint's training state holds.
+OPTIMIZATION_STATE = (
+    "optimizer_g",
+    "optimizer_d",
+    "scheduler_g",
+    "scheduler_d",
+    "scaler_d",
+    "scaler_g",
+)
 
 
 def _append_record(metrics_file, record: dict) -> None:
@@ -197,7 +206,9 @@ class Trainer:
         if config.train.sync_batchnorm and self.dist.enabled and self.device.type == "cpu":
             raise ConfigError("train.sync_batchnorm needs CUDA; use norm = 'instance' on the CPU")
         self.amp_dtype = autocast_dtype(config.train.precision, self.device)
-        self._seed_everything(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        torch.manual_seed(config.seed)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -217,10 +228,8 @@ class Trainer:
         self.steps_per_epoch = len(self.train_set) // global_batch
         self.total_steps = (config.train.epochs + config.train.epochs_decay) * self.steps_per_epoch
         if config.train.max_steps:
-            self.total_steps = (
-                min(self.total_steps, config.train.max_steps)
-                if self.total_steps
-                else config.train.max_steps
+            self.total_steps = min(
+                self.total_steps or config.train.max_steps, config.train.max_steps
             )
 
         self.generator = build_generator(
@@ -276,11 +285,10 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.gan_loss = GANLoss(train.gan_mode)
         self.color_classification = None
+        self.stat_names = STAT_NAMES
         if train.color_loss == "classification":
             self.color_classification = self._color_classification_loss()
-        self.stat_names = STAT_NAMES + (
-            (CLASSIFICATION_STAT,) if self.color_classification is not None else ()
-        )
+            self.stat_names += (CLASSIFICATION_STAT,)
         if train.lambda_feat > 0:
             self.stat_names += (FEATURE_MATCHING_STAT,)
         self.r1 = R1Penalty(train.r1_gamma, train.r1_every)
@@ -301,19 +309,15 @@ class Trainer:
         # there, so there is nothing for DDP to reduce.
         self.generator_step = distributed.wrap(self.generator, self.dist, self.device)
         self.discriminator_step = distributed.wrap(self.discriminator, self.dist, self.device)
-        self.discriminator_frozen = self.discriminator_step
-        if self.dist.enabled:
-            self.discriminator_frozen = self.discriminator
         # R1 differentiates D's gradient, which compiled modules cannot: it stays eager.
         self.discriminator_r1 = self.discriminator_step
         if train.compile:
             self.generator_step = torch.compile(self.generator_step)
             self.discriminator_step = torch.compile(self.discriminator_step)
-            self.discriminator_frozen = (
-                torch.compile(self.discriminator_frozen)
-                if self.dist.enabled
-                else self.discriminator_step
-            )
+        self.discriminator_frozen = self.discriminator_step
+        if self.dist.enabled:
+            frozen = self.discriminator
+            self.discriminator_frozen = torch.compile(frozen) if train.compile else frozen
 
         self.sampler = EpochSampler(
             len(self.train_set),
@@ -339,12 +343,6 @@ class Trainer:
         self._prepare_run_dir(resume)
 
     # -- setup -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
 
     def _color_classification_loss(self) -> ColorClassificationLoss:
         """The rebalanced loss, its prior counted over training images spread evenly over the
@@ -729,16 +727,10 @@ class Trainer:
         return rng
 
     def _training_state(self) -> dict:
-        rng = self._rng_state()
         return {
             "step": self.step,
-            "optimizer_g": self.optimizer_g.state_dict(),
-            "optimizer_d": self.optimizer_d.state_dict(),
-            "scheduler_g": self.scheduler_g.state_dict(),
-            "scheduler_d": self.scheduler_d.state_dict(),
-            "scaler_d": self.scaler_d.state_dict(),
-            "scaler_g": self.scaler_g.state_dict(),
-            "rng": rng,
+            **{name: getattr(self, name).state_dict() for name in OPTIMIZATION_STATE},
+            "rng": self._rng_state(),
             "pool_rng": self.pool.random.get_state() if self.pool.random is not None else None,
             "monitor": self.monitor.state_dict(),
         }
@@ -768,13 +760,9 @@ class Trainer:
         elif raw is not None:
             logger.warning("train.ema_decay is 0: the moving average in %s is dropped", folder)
         self.discriminator.load_state_dict(discriminator)
-        self.optimizer_g.load_state_dict(state["optimizer_g"])
-        self.optimizer_d.load_state_dict(state["optimizer_d"])
-        self.scheduler_g.load_state_dict(state["scheduler_g"])
-        self.scheduler_d.load_state_dict(state["scheduler_d"])
-        # Checkpoints from before the split into two scalers hold one for both networks.
-        self.scaler_d.load_state_dict(state.get("scaler_d", state.get("scaler")))
-        self.scaler_g.load_state_dict(state.get("scaler_g", state.get("scaler")))
+        for name in OPTIMIZATION_STATE:
+            # Checkpoints from before the split into two scalers hold one for both networks.
+            getattr(self, name).load_state_dict(state.get(name, state.get("scaler")))
         rng = state["rng"]
         rng_ranks = state.get("rng_ranks") or [rng]
         if len(rng_ranks) == self.dist.world_size:
