@@ -261,13 +261,10 @@ class PairedDataset(Dataset):
             left = first.crop((0, 0, half, height))
             right = first.crop((half, 0, width, height))
             a_image, b_image = (left, right) if self.config.direction == "AtoB" else (right, left)
-            where = pair.a_path
         elif self.config.layout == "colorization":
             a_image = b_image = first
-            where = pair.a_path
         else:
             a_image, b_image = first, read_image(pair.b_path)  # type: ignore[arg-type]
-            where = pair.a_path
         try:
             if self.spec.input_kind == "label_map":
                 a_array = label_ids_from_image(a_image, self.spec, self.config.palette_tolerance)
@@ -275,7 +272,7 @@ class PairedDataset(Dataset):
                 a_array = prepare_input(a_image, self.spec)
             b_array = prepare_target(b_image, self.spec)
         except InputError as error:
-            raise DataError(f"{where}: {error}") from error
+            raise DataError(f"{pair.a_path}: {error}") from error
         return a_array, b_array
 
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from model.files import write_atomic, write_text_atomic
 from model.spec import LabelClass
@@ -928,13 +929,8 @@ def write_synthetic_dataset(
         ]
         write_text_atomic(out / "palette.json", json.dumps(entries, indent=2) + "\n")
 
-    indices: Any = range(n)
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc="synthesizing", unit="pair")
     started = time.perf_counter()
-    for index in indices:
+    for index in tqdm(range(n), desc="synthesizing", unit="pair", disable=not progress):
         labels, photo = render_scene(scene_seed(seed, index), size)
         split = out / assignments[index]
         name = f"{index:05d}.png"

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,7 @@ class SegmenterSpec:
         return len(self.palette)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "palette": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in self.palette],
-            "size": self.size,
-            "num_downs": self.num_downs,
-            "base_width": self.base_width,
-            "trained": self.trained,
-        }
+        return asdict(self)  # the palette's classes as {"id", "name", "color"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmenterSpec:
