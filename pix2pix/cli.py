@@ -22,23 +22,18 @@ class UsageError(Exception):
 def parse_overrides(extra: list[str]) -> dict[str, str]:
     """``--train.batch_size 4`` / ``--batch_size=4`` pairs -> {key: value}."""
     overrides: dict[str, str] = {}
-    index = 0
-    while index < len(extra):
-        token = extra[index]
+    tokens = iter(extra)
+    for token in tokens:
         if not token.startswith("--") or token == "--":
             raise UsageError(
                 f"unexpected argument {token!r}; config overrides look like --key value"
             )
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        else:
-            if index + 1 >= len(extra):
+        key, equals, value = token[2:].partition("=")
+        if not equals:
+            value = next(tokens, None)
+            if value is None:
                 raise UsageError(f"option --{key} needs a value")
-            index += 1
-            value = extra[index]
         overrides[key] = value
-        index += 1
     return overrides
 
 
@@ -79,12 +74,11 @@ def command_train(args: argparse.Namespace, extra: list[str]) -> int:
 
     with logging_redirect_tqdm():
         summary = train(config, resume=resume, progress=not args.quiet)
-    if not main_process:
-        return 0
-    print(
-        f"done: {summary['step']} steps, val L1 {summary['val_l1']:.4f}; "
-        f"run directory {summary['run_dir']}"
-    )
+    if main_process:
+        print(
+            f"done: {summary['step']} steps, val L1 {summary['val_l1']:.4f}; "
+            f"run directory {summary['run_dir']}"
+        )
     return 0
 
 
@@ -125,21 +119,20 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
     from tqdm import tqdm
 
     from model.errors import InputError
-    from model.plan import TILE_OVERLAP, TILE_SIZE
-    from model.translate import Translator, read_input
+    from model.translate import read_input
+    from pix2pix.api import load
 
-    tile_size = TILE_SIZE if args.tile_size is None else args.tile_size
-    tile_overlap = TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap
-    if args.batch_size < 1 or tile_size < 0 or tile_overlap < 0:
+    if args.batch_size < 1 or min(args.tile_size or 0, args.tile_overlap or 0) < 0:
         raise UsageError("--batch-size must be at least 1; tile sizes cannot be negative")
-    translator = Translator.load(
+    translator = load(
         args.model,
-        runtime=args.runtime,
-        device=args.device,
-        tile_size=tile_size,
-        tile_overlap=tile_overlap,
+        args.runtime,
+        args.device,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
         batch_size=args.batch_size,
     )
+    tile_size = translator.tile_size
     pairs = translation_targets(args.inputs, Path(args.out), f".{args.format}")
     failed: list[Path] = []
     waiting: dict[tuple[int, ...], list] = {}  # decoded inputs by size, until a batch is full
@@ -250,13 +243,7 @@ def command_import_reference(args: argparse.Namespace, extra: list[str]) -> int:
     from model.reference import import_reference
 
     spec = import_reference(
-        args.file,
-        args.out,
-        net=args.netG,
-        norm=args.norm,
-        in_channels=args.input_nc,
-        out_channels=args.output_nc,
-        direction=args.direction,
+        args.file, args.out, args.netG, args.norm, args.input_nc, args.output_nc, args.direction
     )
     print(f"imported {args.file} as {spec.task} into {args.out}")
     return 0
@@ -293,16 +280,9 @@ def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
 def evaluation_options(args: argparse.Namespace) -> dict:
     from model.runtime import resolve_device
 
-    return {
-        "segmenter": args.segmenter,
-        "inception": args.inception,
-        "max_images": args.max_images,
-        "samples": args.samples,
-        "batch_size": args.batch_size,
-        "device": resolve_device(args.device),
-        "progress": not args.quiet,
-        "palette_tolerance": args.palette_tolerance,
-    }
+    names = ("segmenter", "inception", "max_images", "samples", "batch_size", "palette_tolerance")
+    options = {name: getattr(args, name) for name in names}
+    return options | {"device": resolve_device(args.device), "progress": not args.quiet}
 
 
 def print_evaluations(evaluations: list, page: Path) -> None:
@@ -354,10 +334,7 @@ def command_segmenter_train(args: argparse.Namespace, extra: list[str]) -> int:
     )
 
     options = {
-        "layout": args.layout,
-        "direction": args.direction,
-        "palette": args.palette,
-        "tolerance": args.tolerance,
+        name: getattr(args, name) for name in ("layout", "direction", "palette", "tolerance")
     }
     multiple = 2**args.num_downs
     size = args.size or first_image_size(segmentation_data_config(args.data, multiple, **options))
