@@ -61,30 +61,12 @@ class _DepthToSpace(torch.autograd.Function):
         return graph.op("DepthToSpace", x, blocksize_i=2, mode_s="DCR")
 
 
-class _PhaseConvolution(nn.Module):
-    """A 2x upsampling layer as one 2x2 convolution with a group of outputs per output-pixel
-    phase (``kernels`` in ``_PHASES`` order, each (out, in, 2, 2)), then DepthToSpace."""
-
-    def __init__(self, kernels: list[torch.Tensor], bias: torch.Tensor | None):
-        super().__init__()
-        self.out_channels = kernels[0].shape[0]
-        self.weight = nn.Parameter(torch.cat(kernels).contiguous(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.repeat(4), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = functional.conv2d(x, self.weight, self.bias, padding=1)
-        size = self.out_channels
-        phases = [
-            y[:, index * size : (index + 1) * size, _WINDOW[a], _WINDOW[b]]
-            for index, (a, b) in enumerate(_PHASES)
-        ]
-        return _DepthToSpace.apply(torch.cat(phases, dim=1))
-
-
-class PhaseConvTranspose(_PhaseConvolution):
-    """A 4x4 stride-2 padding-1 ``ConvTranspose2d`` as one 2x2 convolution + DepthToSpace."""
+class PhaseConvTranspose(nn.Module):
+    """A 4x4 stride-2 padding-1 ``ConvTranspose2d`` as one 2x2 convolution with a group of
+    outputs per output-pixel phase (in ``_PHASES`` order), then DepthToSpace."""
 
     def __init__(self, layer: nn.ConvTranspose2d):
+        super().__init__()
         if (
             layer.kernel_size != (4, 4)
             or layer.stride != (2, 2)
@@ -98,7 +80,21 @@ class PhaseConvTranspose(_PhaseConvolution):
         kernels = [
             weight[:, :, _TAPS[a]][:, :, :, _TAPS[b]].permute(1, 0, 2, 3) for a, b in _PHASES
         ]
-        super().__init__(kernels, None if layer.bias is None else layer.bias.detach())
+        self.out_channels = layer.out_channels
+        self.weight = nn.Parameter(torch.cat(kernels).contiguous(), requires_grad=False)
+        bias = layer.bias
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().repeat(4), requires_grad=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = functional.conv2d(x, self.weight, self.bias, padding=1)
+        size = self.out_channels
+        phases = [
+            y[:, index * size : (index + 1) * size, _WINDOW[a], _WINDOW[b]]
+            for index, (a, b) in enumerate(_PHASES)
+        ]
+        return _DepthToSpace.apply(torch.cat(phases, dim=1))
 
 
 def _fold_batch_norm(conv: nn.Conv2d | nn.ConvTranspose2d, norm: nn.BatchNorm2d) -> None:
