@@ -141,6 +141,19 @@ def test_existing_run_is_not_overwritten_without_resume(label_dataset, tmp_path)
         Trainer(config, progress=False)
 
 
+def test_resume_reads_a_checkpoint_from_before_the_two_scalers(label_dataset, tmp_path):
+    config = tiny_config(label_dataset, tmp_path, **LABELS, **{"train.max_steps": "1"})
+    Trainer(config, progress=False).train()
+    path = latest_checkpoint(config.run_dir / "checkpoints") / "training_state.pt"
+    state = torch.load(path, weights_only=True)
+    state["scaler"] = state.pop("scaler_d")  # one scaler for both networks, as saved then
+    del state["scaler_g"]
+    torch.save(state, path)
+    resumed = Trainer(tiny_config(label_dataset, tmp_path, **LABELS), resume=True, progress=False)
+    assert resumed.step == 1
+    assert resumed.scaler_g.state_dict() == resumed.scaler_d.state_dict() == state["scaler"]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(label_dataset, tmp_path):
     config = tiny_config(label_dataset, tmp_path, **LABELS)
     with pytest.raises(TrainingError, match="nothing to resume"):

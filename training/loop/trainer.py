@@ -762,7 +762,8 @@ class Trainer:
         self.discriminator.load_state_dict(discriminator)
         for name in OPTIMIZATION_STATE:
             # Checkpoints from before the split into two scalers hold one for both networks.
-            getattr(self, name).load_state_dict(state.get(name, state.get("scaler")))
+            saved = "scaler" if name.startswith("scaler") and name not in state else name
+            getattr(self, name).load_state_dict(state[saved])
         rng = state["rng"]
         rng_ranks = state.get("rng_ranks") or [rng]
         if len(rng_ranks) == self.dist.world_size:
