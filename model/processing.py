@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from model.errors import InputError
-from model.spec import GeneratorSpec
+from model.spec import GeneratorSpec, LabelClass
 
 # What is read as an image wherever the project looks through a folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -160,6 +160,13 @@ def ids_from_colors(rgb: np.ndarray, spec: GeneratorSpec, tolerance: int = 0) ->
     return result.reshape(rgb.shape[:2])
 
 
+def class_positions(palette: tuple[LabelClass, ...]) -> np.ndarray:
+    """A 256-entry table from palette class id to channel position (ids need not be contiguous)."""
+    lookup = np.zeros(256, dtype=np.int64)
+    lookup[[label.id for label in palette]] = np.arange(len(palette))
+    return lookup
+
+
 def _color_keys(colors: np.ndarray) -> np.ndarray:
     """(N, 3) colors in 0..255 -> (N,) int32 0xRRGGBB, ordered as the rows are."""
     colors = colors.astype(np.int32)
@@ -202,10 +209,7 @@ def _unit(array: np.ndarray) -> np.ndarray:
 def encode_input(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
     """Canonical input array -> network input (C, H, W) float32."""
     if spec.input_kind == "label_map":
-        lookup = np.zeros(256, dtype=np.int64)
-        for position, label in enumerate(spec.palette):
-            lookup[label.id] = position
-        positions = lookup[array]
+        positions = class_positions(spec.palette)[array]
         if spec.one_hot:
             channels = np.arange(spec.num_classes, dtype=np.int64)[:, None, None]
             return (positions[None] == channels).astype(np.float32)
@@ -248,10 +252,9 @@ def decode_output(output, spec: GeneratorSpec, input_array: np.ndarray | None = 
 def input_preview(array: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
     """What a person should see of an input: palette colors for label maps, gray as RGB."""
     if spec.input_kind == "label_map":
-        lookup = np.zeros((256, 3), dtype=np.uint8)
-        for label in spec.palette:
-            lookup[label.id] = label.color
-        return lookup[array]
+        colors = np.zeros((256, 3), dtype=np.uint8)
+        colors[[label.id for label in spec.palette]] = [label.color for label in spec.palette]
+        return colors[array]
     if spec.color_space == "lab":
         lightness = rgb_to_lab(array)[..., 0]
         gray = np.clip(lightness / 100.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)

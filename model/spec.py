@@ -34,6 +34,11 @@ INFERENCE_MODES = ("eval", "train")
 DIRECTIONS = ("AtoB", "BtoA")
 
 
+def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpecError(f"{name} must be one of {choices}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class LabelClass:
     """One entry of a label palette: class index, human name, and display color."""
@@ -93,12 +98,9 @@ class GeneratorArchitecture:
             raise SpecError(f"num_downs must be between 1 and 10, got {self.num_downs}")
         if self.base_width < 1:
             raise SpecError(f"base_width must be positive, got {self.base_width}")
-        if self.norm not in NORM_KINDS:
-            raise SpecError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
-        if self.upsample not in UPSAMPLE_KINDS:
-            raise SpecError(f"upsample must be one of {UPSAMPLE_KINDS}, got {self.upsample!r}")
-        if self.head not in HEAD_KINDS:
-            raise SpecError(f"head must be one of {HEAD_KINDS}, got {self.head!r}")
+        _require_choice("norm", self.norm, NORM_KINDS)
+        _require_choice("upsample", self.upsample, UPSAMPLE_KINDS)
+        _require_choice("head", self.head, HEAD_KINDS)
         if not 1 <= self.ab_grid <= 55:
             raise SpecError(f"ab_grid must be between 1 and 55 (Lab units), got {self.ab_grid}")
         if not 0 < self.temperature <= 1:
@@ -143,14 +145,9 @@ class GeneratorSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.input_kind not in INPUT_KINDS:
-            raise SpecError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
-        if self.color_space not in COLOR_SPACES:
-            raise SpecError(f"color_space must be one of {COLOR_SPACES}, got {self.color_space!r}")
-        if self.inference_mode not in INFERENCE_MODES:
-            raise SpecError(
-                f"inference_mode must be one of {INFERENCE_MODES}, got {self.inference_mode!r}"
-            )
+        _require_choice("input_kind", self.input_kind, INPUT_KINDS)
+        _require_choice("color_space", self.color_space, COLOR_SPACES)
+        _require_choice("inference_mode", self.inference_mode, INFERENCE_MODES)
         if self.input_kind == "label_map":
             if not self.palette:
                 raise SpecError("a label_map generator needs a palette")
@@ -182,8 +179,7 @@ class GeneratorSpec:
             raise SpecError(f"a grayscale generator takes 1 channel, not {self.in_channels}")
         if self.pad_multiple < 1:
             raise SpecError(f"pad_multiple must be positive, got {self.pad_multiple}")
-        if self.direction not in DIRECTIONS:
-            raise SpecError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        _require_choice("direction", self.direction, DIRECTIONS)
 
     # -- serialization ---------------------------------------------------------------------
 
@@ -193,15 +189,14 @@ class GeneratorSpec:
             {"id": c.id, "name": c.name, "color": list(c.color)} for c in self.palette
         ]
         data["value_range"] = list(self.value_range)
+        # An option at its default is left out, as specs were before it existed (and as they
+        # are read back).
         if self.architecture.upsample == "transpose":
-            # As specs were before the option existed, and as they are read back.
             del data["architecture"]["upsample"]
         if self.architecture.head == "tanh":
-            # As specs were before heads existed, and as they are read back.
             for key in ("head", "ab_grid", "temperature"):
                 del data["architecture"][key]
         if not self.architecture.spade:
-            # As specs were before the option existed, and as they are read back.
             del data["architecture"]["spade"]
         return data
 
@@ -218,8 +213,7 @@ class GeneratorSpec:
         for key in ("architecture", "in_channels", "out_channels"):
             if key not in data:
                 raise SpecError(f"spec is missing the field {key!r}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise SpecError(f"spec has unknown fields: {', '.join(unknown)}")
         try:
@@ -273,7 +267,3 @@ class GeneratorSpec:
     @property
     def num_classes(self) -> int:
         return len(self.palette)
-
-    def class_index(self) -> dict[int, int]:
-        """Map palette class id -> channel position (ids need not be contiguous)."""
-        return {c.id: position for position, c in enumerate(self.palette)}

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from model.folders import load_spec, resolve_model_folder
-from model.processing import input_preview
+from model.processing import class_positions, input_preview
 from model.spec import GeneratorSpec
 from model.translate import Translator
 from training.data.datasets import PairedDataset, data_config_for
@@ -134,9 +134,7 @@ class _Scores:
         classes = spec.num_classes
         self.confusion = np.zeros((classes, classes), dtype=np.int64)
         self.real_confusion = np.zeros((classes, classes), dtype=np.int64)
-        self.lookup = np.zeros(256, dtype=np.int64)
-        for position, label in enumerate(spec.palette):
-            self.lookup[label.id] = position
+        self.lookup = class_positions(spec.palette)
         self.outputs: list[np.ndarray] = []
         self.targets: list[np.ndarray] = []
 

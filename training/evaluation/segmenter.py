@@ -31,7 +31,7 @@ from tqdm import tqdm
 from model.checkpoint import save_tensors_atomic
 from model.files import write_text_atomic
 from model.networks import UNetGenerator, init_weights
-from model.processing import encode_target
+from model.processing import class_positions, encode_target
 from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass
 from training.config import DataConfig
 from training.data.datasets import PairedDataset, load_palette
@@ -178,9 +178,7 @@ class _SegmentationPairs(Dataset):
 
     def __init__(self, pairs: PairedDataset):
         self.pairs = pairs
-        self.lookup = np.zeros(256, dtype=np.int64)
-        for position, label in enumerate(pairs.spec.palette):
-            self.lookup[label.id] = position
+        self.positions = class_positions(pairs.spec.palette)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -188,7 +186,7 @@ class _SegmentationPairs(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         label_ids, photo = self.pairs.arrays(index)
         photo_tensor = torch.as_tensor(encode_target(photo, self.pairs.spec))
-        return photo_tensor, torch.from_numpy(self.lookup[label_ids])
+        return photo_tensor, torch.from_numpy(self.positions[label_ids])
 
 
 def segmentation_data_config(
@@ -316,9 +314,7 @@ def score_real_photos(segmenter: Segmenter, data: DataConfig, split: str):
     from training.evaluation.metrics import confusion_matrix, segmentation_scores
 
     pairs = PairedDataset(data, split, _photo_spec(segmenter.spec.palette, data.crop_size), False)
-    lookup = np.zeros(256, dtype=np.int64)
-    for position, label in enumerate(segmenter.spec.palette):
-        lookup[label.id] = position
+    lookup = class_positions(segmenter.spec.palette)
     confusion = np.zeros((segmenter.spec.num_classes,) * 2, dtype=np.int64)
     for index in range(len(pairs)):
         label_ids, photo = pairs.arrays(index)
