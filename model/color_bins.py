@@ -111,29 +111,12 @@ class BinnedColorGenerator(UNetGenerator):
     the ab that ``forward`` returns.
     """
 
-    def __init__(
-        self,
-        num_downs: int = 8,
-        base_width: int = 64,
-        norm: str = "batch",
-        dropout: bool = True,
-        upsample: str = "transpose",
-        grid: int = AB_GRID,
-        temperature: float = TEMPERATURE,
-    ):
-        super().__init__(
-            in_channels=1,
-            out_channels=2,
-            num_downs=num_downs,
-            base_width=base_width,
-            norm=norm,
-            dropout=dropout,
-            upsample=upsample,
-        )
+    def __init__(self, grid: int = AB_GRID, temperature: float = TEMPERATURE, **shape):
+        """``shape``: the U-Net's keyword arguments but its channels (L in, ab out)."""
+        super().__init__(in_channels=1, out_channels=2, **shape)
         centers = torch.from_numpy(ab_bins(grid))
-        outer_input = base_width * 2 if num_downs > 1 else base_width
         self.output = nn.ReLU(inplace=True)
-        self.classifier = nn.Conv2d(outer_input, len(centers), kernel_size=1)
+        self.classifier = nn.Conv2d(self.outer_width, len(centers), kernel_size=1)
         self.head = AnnealedMean(centers, temperature)
 
     @property

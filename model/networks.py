@@ -208,10 +208,11 @@ class UNetGenerator(nn.Module):
                     label_channels=in_channels if spade else 0,
                 )
             )
-        outer_input = widths[0] * 2 if num_downs > 1 else widths[0]
+        # What the output layer takes: the outermost decoder level with its skip.
+        self.outer_width = widths[0] * 2 if num_downs > 1 else widths[0]
         self.output = nn.Sequential(
             nn.ReLU(inplace=True),
-            upsampling(upsample, outer_input, out_channels, bias=True),
+            upsampling(upsample, self.outer_width, out_channels, bias=True),
             nn.Tanh(),
         )
 
