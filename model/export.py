@@ -100,6 +100,7 @@ def export_model(
     try:
         export_info = {"format": format, "half": half} | ({"int8": True} if int8 else {})
         spec = dataclasses.replace(spec, extra={**spec.extra, "export": export_info})
+        spec.save(staging / SPEC_FILENAME)
         reference = TorchRuntime(copy.deepcopy(generator), "cpu", channels_last=False)
         fidelity = None
         if int8:
@@ -113,11 +114,9 @@ def export_model(
             _export_onnx(generator, spec, staging / GENERATOR_ONNX)
             if half:
                 store_initializers_as_fp16(staging / GENERATOR_ONNX)
-            spec.save(staging / SPEC_FILENAME)
             exported = OnnxRuntime(staging / GENERATOR_ONNX)
         else:
             _export_torchscript(generator, spec, staging / GENERATOR_TORCHSCRIPT)
-            spec.save(staging / SPEC_FILENAME)
             exported = TorchScriptRuntime(staging / GENERATOR_TORCHSCRIPT)
         # int8: the exact fp32 rewrite was checked above; the int8 model is judged by PSNR.
         checked = deterministic and not int8
@@ -159,7 +158,6 @@ def _export_int8(
     float_tail = spec.architecture.head == "ab_bins"
     quantize_onnx(fp32_path, staging / GENERATOR_ONNX, calibrate, float_tail=float_tail)
     fp32_path.unlink()
-    spec.save(staging / SPEC_FILENAME)
     return check_fidelity(reference, OnnxRuntime(staging / GENERATOR_ONNX), held_out, min_psnr)
 
 

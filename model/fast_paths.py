@@ -26,16 +26,14 @@ def convolution(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch
     """``layer(x)``, run as unfold/fold around one GEMM when ``layer`` is a 4x4 stride-2
     (transposed) convolution training on a small map on the CPU. The GEMM form reads the
     layer's parameters but does not call it, so hooks on ``layer`` see only the stock calls."""
-    if not _gemm_allowed(layer, x):
-        return layer(x)
-    batch, _, height, width = x.shape
-    if isinstance(layer, nn.ConvTranspose2d):
-        if height * width <= MATMUL_MAX_PIXELS:
-            return _transposed_gemm(layer, x)
-        return layer(x)
-    pixels = (height // 2) * (width // 2)
-    if pixels <= MATMUL_MAX_PIXELS and batch * pixels <= MATMUL_MAX_ROWS:
-        return _strided_gemm(layer, x)
+    if _gemm_allowed(layer, x):
+        batch, _, height, width = x.shape
+        pixels = (height // 2) * (width // 2)
+        if isinstance(layer, nn.ConvTranspose2d):
+            if height * width <= MATMUL_MAX_PIXELS:
+                return _transposed_gemm(layer, x)
+        elif pixels <= MATMUL_MAX_PIXELS and batch * pixels <= MATMUL_MAX_ROWS:
+            return _strided_gemm(layer, x)
     return layer(x)
 
 
