@@ -54,6 +54,11 @@ class LabelClass:
             raise SpecError(f"label class {self.name!r} has invalid color {self.color!r}")
         object.__setattr__(self, "color", tuple(int(c) for c in self.color))
 
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> LabelClass:
+        """A palette entry as JSON holds it: ``{"id": 0, "name": "sky", "color": [r, g, b]}``."""
+        return cls(id=int(entry["id"]), name=str(entry["name"]), color=tuple(entry["color"]))
+
 
 @dataclass(frozen=True)
 class GeneratorArchitecture:
@@ -218,10 +223,7 @@ class GeneratorSpec:
             raise SpecError(f"spec has unknown fields: {', '.join(unknown)}")
         try:
             data["architecture"] = GeneratorArchitecture(**data["architecture"])
-            data["palette"] = tuple(
-                LabelClass(id=int(c["id"]), name=str(c["name"]), color=tuple(c["color"]))
-                for c in data.get("palette", ())
-            )
+            data["palette"] = tuple(LabelClass.from_dict(c) for c in data.get("palette", ()))
         except (TypeError, KeyError) as error:
             raise SpecError(f"spec field is malformed: {error}") from error
         if "value_range" in data:

@@ -159,10 +159,7 @@ def load_palette(config: DataConfig) -> tuple[LabelClass, ...]:
         entries = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(entries, dict):
             entries = entries.get("classes", [])
-        palette = tuple(
-            LabelClass(id=int(e["id"]), name=str(e["name"]), color=tuple(e["color"]))
-            for e in entries
-        )
+        palette = tuple(LabelClass.from_dict(entry) for entry in entries)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise DataError(
             f"{path}: invalid palette ({error}); expected a JSON list of "

@@ -34,7 +34,7 @@ from model.networks import UNetGenerator, init_weights
 from model.processing import class_positions, encode_target
 from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass
 from training.config import DataConfig
-from training.data.datasets import PairedDataset, load_palette
+from training.data.datasets import PairedDataset, discover_pairs, load_palette
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -63,11 +63,8 @@ class SegmenterSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmenterSpec:
-        palette = tuple(
-            LabelClass(int(c["id"]), str(c["name"]), tuple(c["color"])) for c in data["palette"]
-        )
         return cls(
-            palette=palette,
+            palette=tuple(LabelClass.from_dict(c) for c in data["palette"]),
             size=int(data["size"]),
             num_downs=int(data["num_downs"]),
             base_width=int(data["base_width"]),
@@ -216,8 +213,6 @@ def segmentation_data_config(
 
 def first_image_size(config: DataConfig) -> int:
     """The height of the first training pair's photo: the default segmenter size."""
-    from training.data.datasets import discover_pairs
-
     pair = discover_pairs(config, "train")[0]
     with Image.open(pair.b_path or pair.a_path) as image:
         return image.height
