@@ -291,10 +291,6 @@ def _positive(key: str, value: int, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def _field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Check a TOML value, or convert a command-line string, to the field's type."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
@@ -321,7 +317,7 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
 
 
 def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:
-    hints = _field_types(type(target))
+    hints = typing.get_type_hints(type(target))
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in hints:
@@ -359,12 +355,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
 def resolve_key(config: Config, key: str) -> str:
     """``batch_size`` -> ``train.batch_size`` when unambiguous; dotted keys pass through."""
     key = key.replace("-", "_")
-    if "." in key or key in _field_types(Config):
+    if "." in key or key in typing.get_type_hints(Config):
         return key
     matches = [
         f"{section}.{key}"
         for section in SECTIONS
-        if key in _field_types(type(getattr(config, section)))
+        if key in typing.get_type_hints(type(getattr(config, section)))
     ]
     if not matches:
         raise ConfigError(f"unknown option --{key}")

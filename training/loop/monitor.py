@@ -104,7 +104,9 @@ class TrainingMonitor:
             if self.state == OK:
                 logger.info("step %s: the discriminator is back in balance", record.get("step"))
             else:
-                self._warn(self._message(record))
+                message = self._message(record)
+                self.warnings.append(message)
+                logger.warning(message)
             self.reported = self.state
         accuracy = (float(record["D_acc_real"]) + float(record["D_acc_fake"])) / 2.0
         d_loss = (float(record["D_real"]) + float(record["D_fake"])) / 2.0
@@ -133,10 +135,6 @@ class TrainingMonitor:
             "lambda_gan, or resume from an earlier checkpoint"
         )
 
-    def _warn(self, message: str) -> None:
-        self.warnings.append(message)
-        logger.warning(message)
-
     # -- validation --------------------------------------------------------------------------
 
     def observe_validation(self, record: dict[str, Any]) -> bool:
@@ -151,14 +149,13 @@ class TrainingMonitor:
             return False
         self.stale += 1
         if settings.early_stop_patience and self.stale >= settings.early_stop_patience:
-            if not self.stopped:
-                logger.info(
-                    "early stop: %s has not improved for %d validations (best %.6f at step %s)",
-                    settings.early_stop_metric,
-                    self.stale,
-                    self.best,
-                    self.best_step,
-                )
+            logger.info(
+                "early stop: %s has not improved for %d validations (best %.6f at step %s)",
+                settings.early_stop_metric,
+                self.stale,
+                self.best,
+                self.best_step,
+            )
             self.stopped = True
         return self.stopped
 
