@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,8 +44,6 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 
 def launch_processes(args: argparse.Namespace, extra: list[str]) -> int:
     """``train --nproc N``: the same command under torchrun, N processes on this machine."""
-    import subprocess
-
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += [f"--nproc-per-node={args.nproc}", "-m", "pix2pix.cli"]
     command += ["--verbose"] if args.verbose else []
@@ -55,8 +55,6 @@ def launch_processes(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_train(args: argparse.Namespace, extra: list[str]) -> int:
-    import os
-
     from pix2pix.api import training_config
     from training.loop.trainer import train
 
@@ -219,17 +217,9 @@ def command_data_split(args: argparse.Namespace, extra: list[str]) -> int:
 def command_export(args: argparse.Namespace, extra: list[str]) -> int:
     from pix2pix.api import export
 
-    result = export(
-        args.source,
-        args.out,
-        args.format,
-        half=args.half,
-        inference_mode=args.inference_mode,
-        int8=args.int8,
-        calibration=args.calibration,
-        calibration_images=args.calibration_images,
-        min_psnr=args.min_psnr,
-    )
+    names = ("half", "inference_mode", "int8", "calibration", "calibration_images", "min_psnr")
+    options = {name: getattr(args, name) for name in names}
+    result = export(args.source, args.out, args.format, **options)
     if result.psnr is not None:
         check = f"PSNR vs fp32 PyTorch on held-out calibration images: {result.psnr:.1f} dB"
     else:
@@ -250,8 +240,6 @@ def command_import_reference(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def command_serve(args: argparse.Namespace, extra: list[str]) -> int:
-    import os
-
     import uvicorn
 
     # Flags win over the environment; the app reads its settings from PIX2PIX_* variables.
@@ -341,17 +329,14 @@ def command_segmenter_train(args: argparse.Namespace, extra: list[str]) -> int:
     size = max(size // multiple * multiple, multiple)
     data = segmentation_data_config(args.data, size, **options)
     out = args.out or Path(args.data) / DEFAULT_FOLDER
+    names = ("steps", "batch_size", "num_downs", "lr", "seed")
     summary = train_segmenter(
         data,
         out,
-        steps=args.steps,
-        batch_size=args.batch_size,
         base_width=args.width,
-        num_downs=args.num_downs,
-        lr=args.lr,
-        seed=args.seed,
         device=resolve_device(args.device),
         progress=not args.quiet,
+        **{name: getattr(args, name) for name in names},
     )
     print(
         f"segmenter ({size} px) saved to {summary['out']} after {summary['seconds']:.0f}s: "
