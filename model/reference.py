@@ -21,11 +21,6 @@ from model.spec import GeneratorArchitecture, GeneratorSpec
 REFERENCE_UNETS = {"unet_128": 7, "unet_256": 8}
 
 
-def _block_prefix(depth: int) -> str:
-    """Key prefix of the block ``depth`` levels inside the outermost one (0 = outermost)."""
-    return "model" + ".model.1" + ".model.3" * (depth - 1) if depth else "model"
-
-
 def reference_key_map(num_downs: int, norm: str) -> dict[str, str]:
     """Our parameter/buffer name -> the reference's, for a U-Net with ``num_downs`` levels."""
     norm_keys = {
@@ -50,7 +45,8 @@ def reference_key_map(num_downs: int, norm: str) -> dict[str, str]:
     conv("encoder.0.conv", "model.model.0", conv_bias)
     conv("output.1", "model.model.3", True)
     for depth in range(1, num_downs):
-        prefix = _block_prefix(depth)
+        # The key prefix of the block ``depth`` levels inside the outermost one.
+        prefix = "model.model.1" + ".model.3" * (depth - 1)
         if depth == innermost:
             # Innermost: [relu, down conv, relu, up conv, up norm].
             conv(f"encoder.{depth}.conv", f"{prefix}.model.1", conv_bias)

@@ -123,11 +123,8 @@ class TorchRuntime:
         with torch.inference_mode():
             inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             inputs = inputs.to(self.device).contiguous(memory_format=self.memory_format)
-            autocast = (
-                contextlib.nullcontext()
-                if self.dtype is None
-                else torch.autocast(self.device.type, dtype=self.dtype)
-            )
+            enabled = self.dtype is not None
+            autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
             with self.freezing(), autocast:
                 output = self.module(inputs)
             return output.float().cpu().numpy()
@@ -154,22 +151,17 @@ def _freezing_switch():
         return contextlib.nullcontext
 
 
-class TorchScriptRuntime:
+class TorchScriptRuntime(TorchRuntime):
+    """A traced ``generator.torchscript.pt``, run in fp32 as ``TorchRuntime`` runs a module."""
+
     def __init__(self, path: Path, device: str = "cpu"):
         import torch
 
-        self.torch = torch
-        self.device = torch.device(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, still works
-            self.module = torch.jit.load(str(path), map_location=self.device)
+            module = torch.jit.load(str(path), map_location=torch.device(device))
+        super().__init__(module, device, channels_last=False)
         self.name = "torchscript"
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        with torch.inference_mode():
-            inputs = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            return self.module(inputs.to(self.device)).float().cpu().numpy()
 
 
 class OnnxRuntime:
