@@ -215,10 +215,6 @@ def make_spec(config: Config) -> GeneratorSpec:
         raise DataError(f"config does not describe a usable generator: {error}") from error
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)
-
-
 class PairedDataset(Dataset):
     """Decoded, augmented and encoded pairs of one split.
 
@@ -278,7 +274,8 @@ class PairedDataset(Dataset):
         self.transform.set_random_seed(self._sample_seed(index))
         if self.config.layout == "colorization":
             b_array = self.transform(image=b_array)["image"]
-            return (b_array if self.spec.color_space == "lab" else _gray(b_array)), b_array
+            # A as serving reads the photo: RGB for Lab models (which encode its L), else gray.
+            return prepare_input(Image.fromarray(b_array), self.spec), b_array
         if self.spec.input_kind == "label_map":
             out = self.transform(image=b_array, mask=a_array)
             return out["mask"], out["image"]

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -923,10 +923,7 @@ def write_synthetic_dataset(
             (out / name / folder).mkdir(parents=True, exist_ok=True)
     palette = [channel for entry in LANDSCAPE_PALETTE for channel in entry.color]
     if task == "labels":
-        entries = [
-            {"id": entry.id, "name": entry.name, "color": list(entry.color)}
-            for entry in LANDSCAPE_PALETTE
-        ]
+        entries = [asdict(entry) for entry in LANDSCAPE_PALETTE]
         write_text_atomic(out / "palette.json", json.dumps(entries, indent=2) + "\n")
 
     started = time.perf_counter()
