@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +292,7 @@ def train_segmenter(
         "val_pixel_accuracy": round(val_scores.pixel_accuracy, 4),
         "val_mean_iou": round(val_scores.mean_iou, 4),
     }
-    segmenter.spec = SegmenterSpec(palette, data.crop_size, num_downs, base_width, trained)
+    segmenter.spec = replace(spec, trained=trained)
     segmenter.save(out)
     logger.info(
         "segmenter trained in %.0fs: val pixel accuracy %.3f, mean IoU %.3f -> %s",

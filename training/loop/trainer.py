@@ -698,7 +698,13 @@ class Trainer:
                 state_dict_for_saving(self.discriminator), folder / DISCRIMINATOR_WEIGHTS
             )
             self.spec.save(folder / SPEC_FILENAME)
-            state = self._training_state()
+            state = {
+                "step": self.step,
+                **{name: getattr(self, name).state_dict() for name in OPTIMIZATION_STATE},
+                "rng": self._rng_state(),
+                "pool_rng": self.pool.random.get_state() if self.pool.random is not None else None,
+                "monitor": self.monitor.state_dict(),
+            }
             if self.dist.enabled:
                 state["rng_ranks"] = rng_ranks
             torch.save(state, folder / TRAINING_STATE)
@@ -725,15 +731,6 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return rng
-
-    def _training_state(self) -> dict:
-        return {
-            "step": self.step,
-            **{name: getattr(self, name).state_dict() for name in OPTIMIZATION_STATE},
-            "rng": self._rng_state(),
-            "pool_rng": self.pool.random.get_state() if self.pool.random is not None else None,
-            "monitor": self.monitor.state_dict(),
-        }
 
     def load_checkpoint(self, folder: Path) -> None:
         try:
