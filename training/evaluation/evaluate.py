@@ -200,32 +200,28 @@ class _Scores:
             curves["ab_accuracy"] = [round(float(v), 6) for v in accuracy]
             output_color = float(self.mean("colorfulness_output").mean())
             target_color = float(self.mean("colorfulness_target").mean())
-            values.update(
-                {
-                    "psnr_ab": float(np.concatenate(self.ab_psnr).mean()),
-                    "colorfulness_output": output_color,
-                    "colorfulness_target": target_color,
-                    "colorfulness_ratio": output_color / target_color if target_color else np.nan,
-                    **{
-                        f"ab_acc_{t}": float(accuracy[metrics.AB_THRESHOLDS.index(float(t))])
-                        for t in AB_REPORTED_THRESHOLDS
-                    },
-                    "ab_auc": metrics.area_under_curve(accuracy),
-                }
-            )
+            values |= {
+                "psnr_ab": float(np.concatenate(self.ab_psnr).mean()),
+                "colorfulness_output": output_color,
+                "colorfulness_target": target_color,
+                "colorfulness_ratio": output_color / target_color if target_color else np.nan,
+                **{
+                    f"ab_acc_{t}": float(accuracy[metrics.AB_THRESHOLDS.index(float(t))])
+                    for t in AB_REPORTED_THRESHOLDS
+                },
+                "ab_auc": metrics.area_under_curve(accuracy),
+            }
         if self.segmenter is not None:
             generated = metrics.segmentation_scores(self.confusion)
             real = metrics.segmentation_scores(self.real_confusion)
-            values.update(
-                {
-                    "fcn_pixel_accuracy": generated.pixel_accuracy,
-                    "fcn_class_accuracy": generated.class_accuracy,
-                    "fcn_mean_iou": generated.mean_iou,
-                    "real_pixel_accuracy": real.pixel_accuracy,
-                    "real_class_accuracy": real.class_accuracy,
-                    "real_mean_iou": real.mean_iou,
-                }
-            )
+            values |= {
+                "fcn_pixel_accuracy": generated.pixel_accuracy,
+                "fcn_class_accuracy": generated.class_accuracy,
+                "fcn_mean_iou": generated.mean_iou,
+                "real_pixel_accuracy": real.pixel_accuracy,
+                "real_class_accuracy": real.class_accuracy,
+                "real_mean_iou": real.mean_iou,
+            }
             for position, label in enumerate(self.spec.palette):
                 per_class.append(
                     {
@@ -303,10 +299,8 @@ def evaluate_model(
                 kept.append((input_preview(pairs[j][0], spec), outputs[j], targets[j]))
     values, per_class, curves = scores.results()
     if features is not None:
-        values.update(
-            metrics.distribution_scores(
-                np.concatenate(scores.targets), np.concatenate(scores.outputs), features
-            )
+        values |= metrics.distribution_scores(
+            np.concatenate(scores.targets), np.concatenate(scores.outputs), features
         )
     seconds = time.perf_counter() - started
     log = find_training_log(model)

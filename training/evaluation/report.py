@@ -277,11 +277,8 @@ def render_html(evaluations: list[Evaluation], figures: dict[str, str], title: s
             class_rows.append(
                 [entry["name"], str(entry["pixels"]), *values, _format(entry["real_iou"])]
             )
-        parts.append(
-            _html_table(
-                ["class", "pixels", *[e.name for e in evaluations], "real photos"], class_rows, {}
-            )
-        )
+        class_header = ["class", "pixels", *[e.name for e in evaluations], "real photos"]
+        parts.append(_html_table(class_header, class_rows, {}))
     captions = {
         "samples": "Samples: input | output | target",
         "ab_accuracy": "Colorization accuracy vs ab threshold",
