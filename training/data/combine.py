@@ -111,14 +111,12 @@ def split_aligned(
     ):
         image = _load_rgb(path)
         half = image.width // 2
-        halves = {"A": image.crop((0, 0, half, image.height))}
-        halves["B"] = image.crop((half, 0, image.width, image.height))
-        for name, picture in halves.items():
-            if side not in (name, "both"):
-                continue
-            folder = out / split / name if side == "both" else out / split
-            save = functools.partial(picture.save, format="PNG")
-            write_atomic(folder / f"{stem}.png", save, sync=False)
+        for name, left, right in (("A", 0, half), ("B", half, image.width)):
+            if side in (name, "both"):
+                folder = out / split / name if side == "both" else out / split
+                picture = image.crop((left, 0, right, image.height))
+                save = functools.partial(picture.save, format="PNG")
+                write_atomic(folder / f"{stem}.png", save, sync=False)
         written[split] += 1
     total = sum(written.values())
     logger.info("split %d aligned images into %s", total, out)
@@ -162,10 +160,6 @@ def _images_by_key(folder: Path, splits: list[str]) -> dict[PairKey, list[Path]]
     return dict(images)
 
 
-def _relative(path: Path, folder: Path) -> str:
-    return path.relative_to(folder).as_posix()
-
-
 def _match(
     a_dir: Path,
     a_files: dict[PairKey, list[Path]],
@@ -182,7 +176,8 @@ def _match(
         duplicates = [paths for paths in files.values() if len(paths) > 1]
         if duplicates:
             listed = "; ".join(
-                ", ".join(_relative(path, folder) for path in paths) for paths in duplicates
+                ", ".join(path.relative_to(folder).as_posix() for path in paths)
+                for paths in duplicates
             )
             problems.append(f"{label} ({folder}) has several files with the same stem: {listed}")
     for label, folder, files, other_label, other_files in (
@@ -191,7 +186,7 @@ def _match(
     ):
         unmatched = [paths[0] for key, paths in sorted(files.items()) if key not in other_files]
         if unmatched:
-            listed = ", ".join(_relative(path, folder) for path in unmatched)
+            listed = ", ".join(path.relative_to(folder).as_posix() for path in unmatched)
             problems.append(
                 f"{len(unmatched)} file(s) in {label} ({folder}) have no partner in "
                 f"{other_label}: {listed}"
