@@ -153,18 +153,17 @@ class Segmenter:
         scale), and the predicted map is resized back with nearest-neighbour.
         """
         height, width = photos.shape[1:3]
+        size = (self.spec.size, self.spec.size)
         results = []
         for start in range(0, len(photos), batch_size):
             batch = torch.from_numpy(np.array(photos[start : start + batch_size]))
             batch = batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            if (height, width) != (self.spec.size, self.spec.size):
-                batch = functional.interpolate(
-                    batch, size=(self.spec.size, self.spec.size), mode="bilinear", antialias=True
-                )
+            if (height, width) != size:
+                batch = functional.interpolate(batch, size=size, mode="bilinear", antialias=True)
             # The training size is a multiple of 2**num_downs, so no padding is needed.
             logits = self.network(batch.to(self.device)).float().cpu()
             positions = logits.argmax(dim=1, keepdim=True).float()
-            if (height, width) != (self.spec.size, self.spec.size):
+            if (height, width) != size:
                 positions = functional.interpolate(positions, size=(height, width), mode="nearest")
             results.append(self.ids[positions[:, 0].long()])
         return torch.cat(results).numpy()
@@ -242,9 +241,7 @@ def train_segmenter(
     palette = load_palette(data)
     photo_spec = _photo_spec(palette, data.crop_size)
     train_set = PairedDataset(data, "train", photo_spec, train=True, seed=seed)
-    spec = SegmenterSpec(
-        palette=palette, size=data.crop_size, num_downs=num_downs, base_width=base_width
-    )
+    spec = SegmenterSpec(palette, data.crop_size, num_downs, base_width)
     network = build_network(spec)
     init_weights(network)
     network.to(device).train()

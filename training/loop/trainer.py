@@ -200,16 +200,17 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.run_dir = config.run_dir
+        train = config.train
         # Joins the process group when launched by torchrun; a no-op otherwise.
-        self.dist, device_name = distributed.setup(config.train.device)
+        self.dist, device_name = distributed.setup(train.device)
         self.device = select_device(device_name)
-        if config.train.sync_batchnorm and self.dist.enabled and self.device.type == "cpu":
+        if train.sync_batchnorm and self.dist.enabled and self.device.type == "cpu":
             raise ConfigError("train.sync_batchnorm needs CUDA; use norm = 'instance' on the CPU")
-        self.amp_dtype = autocast_dtype(config.train.precision, self.device)
+        self.amp_dtype = autocast_dtype(train.precision, self.device)
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
         torch.manual_seed(config.seed)
-        if config.train.deterministic:
+        if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         self.spec = make_spec(config)
@@ -217,7 +218,7 @@ class Trainer:
             config.data, "train", self.spec, train=True, seed=config.seed
         )
         self.val_set = PairedDataset(config.data, "val", self.spec, train=False, seed=config.seed)
-        batch_size = config.train.batch_size
+        batch_size = train.batch_size
         # batch_size is per process; one step consumes batch_size x world_size pairs.
         global_batch = batch_size * self.dist.world_size
         if len(self.train_set) < global_batch:
@@ -226,11 +227,9 @@ class Trainer:
                 f"train.batch_size = {batch_size} x {self.dist.world_size} processes"
             )
         self.steps_per_epoch = len(self.train_set) // global_batch
-        self.total_steps = (config.train.epochs + config.train.epochs_decay) * self.steps_per_epoch
-        if config.train.max_steps:
-            self.total_steps = min(
-                self.total_steps or config.train.max_steps, config.train.max_steps
-            )
+        self.total_steps = (train.epochs + train.epochs_decay) * self.steps_per_epoch
+        if train.max_steps:
+            self.total_steps = min(self.total_steps or train.max_steps, train.max_steps)
 
         self.generator = build_generator(
             self.spec.architecture, self.spec.in_channels, self.spec.out_channels
@@ -246,26 +245,24 @@ class Trainer:
         init_weights(self.discriminator)
         if config.discriminator.spectral_norm:
             spectral_normalize(self.discriminator)  # after the init, which it would undo
-        if config.train.sync_batchnorm:
+        if train.sync_batchnorm:
             self.generator = distributed.sync_batchnorm(self.generator, self.dist)
             self.discriminator = distributed.sync_batchnorm(self.discriminator, self.dist)
         if self.dist.enabled:
             # Same initial weights everywhere (DDP also broadcasts them), but each rank draws
             # its own dropout masks.
             torch.manual_seed(config.seed + self.dist.rank)
-        memory_format = torch.channels_last if config.train.channels_last else torch.preserve_format
-        self.memory_format = memory_format
-        self.generator.to(self.device, memory_format=memory_format)
-        self.discriminator.to(self.device, memory_format=memory_format)
+        self.memory_format = torch.channels_last if train.channels_last else torch.preserve_format
+        self.generator.to(self.device, memory_format=self.memory_format)
+        self.discriminator.to(self.device, memory_format=self.memory_format)
         # The moving average of the generator's weights (train.ema_decay), which validation,
         # samples and the checkpoints' servable weights use; None when off. Every rank keeps
         # one: DDP leaves the same weights everywhere, so the averages agree too (batch-norm
         # statistics are each rank's own, as in the generator itself).
         self.generator_ema = None
-        if config.train.ema_decay > 0:
+        if train.ema_decay > 0:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
 
-        train = config.train
         # The fused kernel reads and writes each parameter's state once per step; on the CPU it
         # was 3x faster than foreach and 5x faster than per-parameter Adam (bench/train.py).
         # ``optim.Adam`` spares it the copies of channels-last weights.
@@ -280,7 +277,7 @@ class Trainer:
         self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, self.lr_factor)
         # One scaler per network: D's and G's losses differ in size, and a scaler steps each
         # optimizer once per update, so D's updates after each of its train.d_steps steps.
-        scaling = config.train.precision == "fp16"
+        scaling = train.precision == "fp16"
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.gan_loss = GANLoss(train.gan_mode)
