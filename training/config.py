@@ -254,9 +254,8 @@ class Config:
                 "train.color_loss = 'classification'"
             )
         if self.discriminator.num_scales > 1:
-            coarsest = self.data.crop_size
-            for _ in range(self.discriminator.num_scales - 1):
-                coarsest = (coarsest + 1) // 2
+            # Each scale pools by 2, rounding up.
+            coarsest = -(-self.data.crop_size // 2 ** (self.discriminator.num_scales - 1))
             n_layers = self.discriminator.n_layers
             if n_layers and coarsest < 3 * 2**n_layers:
                 raise ConfigError(

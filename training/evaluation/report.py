@@ -131,8 +131,7 @@ def draw_samples(evaluations: list[Evaluation], path: Path, cell_inches: float =
         for column, image in enumerate(images):
             axis = axes[row][column]
             axis.imshow(_same_size(image, size), interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
+            axis.set(xticks=[], yticks=[])
             if row == 0:
                 axis.set_title(titles[column], fontsize=9)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / figure.get_figheight())
@@ -203,9 +202,7 @@ def draw_ab_accuracy(evaluations: list[Evaluation], path: Path) -> bool:
             evaluation.curves["ab_accuracy"],
             label=f"{evaluation.name} (AuC {auc:.3f})",
         )
-    axis.set_xlabel("ab error threshold")
-    axis.set_ylabel("share of pixels within")
-    axis.set_ylim(0, 1.01)
+    axis.set(xlabel="ab error threshold", ylabel="share of pixels within", ylim=(0, 1.01))
     axis.set_title("Colorization accuracy vs threshold", fontsize=10)
     axis.legend(fontsize=8)
     figure.savefig(path, dpi=100)

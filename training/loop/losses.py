@@ -32,9 +32,7 @@ class GANLoss:
             return functional.binary_cross_entropy_with_logits(logits, target)
         if self.mode == "lsgan":
             return ((logits - (1.0 if real else 0.0)) ** 2).mean()
-        return (
-            functional.relu(1.0 - logits).mean() if real else functional.relu(1.0 + logits).mean()
-        )
+        return functional.relu(1.0 - logits if real else 1.0 + logits).mean()
 
     def generator(self, logits: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         if isinstance(logits, list):
