@@ -10,7 +10,6 @@ the weights that training continues from sit beside them in ``generator_raw.safe
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -402,10 +401,9 @@ class Trainer:
 
     # -- the iteration ---------------------------------------------------------------------
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    def autocast(self) -> torch.autocast:
+        enabled = self.amp_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
 
     def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
         """One pix2pix iteration; returns the step's scalars stacked, still on the device."""
