@@ -60,8 +60,7 @@ def save_model_folder(
     folder: str | Path, generator: nn.Module, spec: GeneratorSpec, dtype: torch.dtype | None = None
 ) -> Path:
     """Write ``generator.safetensors`` and ``spec.json`` into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)  # made by the first write, as every atomic write makes its folder
     tensors = state_dict_for_saving(generator)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}

@@ -82,10 +82,9 @@ class PhaseConvTranspose(nn.Module):
         ]
         self.out_channels = layer.out_channels
         self.weight = nn.Parameter(torch.cat(kernels).contiguous(), requires_grad=False)
-        bias = layer.bias
-        self.bias = (
-            None if bias is None else nn.Parameter(bias.detach().repeat(4), requires_grad=False)
-        )
+        self.bias = None
+        if layer.bias is not None:
+            self.bias = nn.Parameter(layer.bias.detach().repeat(4), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = functional.conv2d(x, self.weight, self.bias, padding=1)

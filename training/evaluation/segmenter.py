@@ -129,8 +129,7 @@ class Segmenter:
         return cls(network, spec, device)
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(folder)  # made by the first write, as every atomic write makes its folder
         save_tensors_atomic(dict(self.network.state_dict()), folder / SEGMENTER_WEIGHTS)
         write_text_atomic(folder / SEGMENTER_SPEC, json.dumps(self.spec.to_dict(), indent=2) + "\n")
         return folder
