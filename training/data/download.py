@@ -310,9 +310,7 @@ def _extract(archive: Path, destination: Path) -> None:
                 tar.extractall(destination, members=members, filter="data")
             else:
                 tar.extractall(destination, members=members)
-    except DataError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:  # not our DataError
         # The data filter raises FilterError (a TarError) for members our own check let through.
         filter_error = getattr(tarfile, "FilterError", None)
         if filter_error is not None and isinstance(error, filter_error):

@@ -437,7 +437,7 @@ def _paint_mountains(scene: _Scene) -> None:
         lit = 0.5 + 0.4 * facing + 0.35 * gully_light[first:]
         green = np.clip(2.2 * depth - 0.5 + 0.4 * gullies[first:], 0.0, 1.0)
         albedo = rock + (vegetation - rock) * green[None]
-        snow = None
+        snow = np.zeros_like(mask)
         if snowy:
             # A ragged snow line: it wanders with the terrain and slides off steep crests.
             ragged = 0.05 * terrain[first:] - 0.03 * scene.leaves[first:horizon]
@@ -450,11 +450,8 @@ def _paint_mountains(scene: _Scene) -> None:
         mist = 0.25 * np.clip(1.0 - (horizon - rows) / max(0.35 * peak, 1.0), 0.0, 1.0) ** 2
         haze = np.clip(0.08 + 0.22 * distance_rank + mist + float(rng.uniform(0, 0.08)), 0, 0.9)
         color = light.haze(color, haze)
-        if snow is None:
-            scene.paint(first, 0, mask, MOUNTAIN, color)
-        else:
-            scene.paint(first, 0, mask & ~snow, MOUNTAIN, color)
-            scene.paint(first, 0, snow, SNOW, color)
+        scene.paint(first, 0, mask & ~snow, MOUNTAIN, color)
+        scene.paint(first, 0, snow, SNOW, color)
 
 
 def _paint_forest_edge(scene: _Scene) -> None:
