@@ -416,7 +416,3 @@ class ModelRegistry:
         if not MODEL_NAME.match(name):
             return None
         return self.models.get(name)
-
-    @property
-    def all_ready(self) -> bool:
-        return bool(self.models) and all(m.ready for m in self.models.values())
