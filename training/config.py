@@ -191,10 +191,8 @@ class TrainConfig:
                     f"train.{key} acts through the discriminator, which train.lambda_gan = 0 "
                     f"leaves untrained: set train.lambda_gan > 0 or train.{key} = 0"
                 )
-        _positive("train.log_every", self.log_every)
-        _positive("train.sample_every", self.sample_every)
-        _positive("train.save_every", self.save_every)
-        _positive("train.val_images", self.val_images)
+        for key in ("log_every", "sample_every", "save_every", "val_images"):
+            _positive(f"train.{key}", getattr(self, key))
         _positive("train.early_stop_patience", self.early_stop_patience, allow_zero=True)
         if self.early_stop_min_delta < 0:
             raise ConfigError("train.early_stop_min_delta must be >= 0")
@@ -302,10 +300,8 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
                 if lowered not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
                 return lowered in ("true", "1", "yes")
-            if kind is int:
-                return int(text)
-            if kind is float:
-                return float(text)
+            if kind in (int, float):
+                return kind(text)
         except ValueError:
             raise ConfigError(f"{key} expects {kind.__name__}, got {value!r}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
