@@ -618,11 +618,10 @@ class Trainer:
                     # Validation and checkpoints count against neither images/s nor data wait.
                     interval.restart()
         bar.close()
-        final_val = self.validate(save_grid=False)
         return {
             "step": self.step,
             "run_dir": str(self.run_dir),
-            **final_val,
+            **self.validate(save_grid=False),
             "last": last_logged,
             "warnings": self.monitor.warnings,
         }
