@@ -37,8 +37,6 @@ from training.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-
 
 @dataclass(frozen=True)
 class PairFiles:
