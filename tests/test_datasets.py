@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from tests.conftest import PALETTE, palette_image, tiny_config, write_label_dataset
 from training.config import set_value
@@ -129,6 +129,19 @@ def test_validation_split_is_not_augmented(label_dataset, tmp_path):
 
 def label_config(root, tmp_path):
     return tiny_config(root, tmp_path, **{"data.input_kind": "label_map"})
+
+
+def test_label_maps_are_turned_upright_by_their_exif_orientation(label_dataset, tmp_path):
+    # As their photos are, and as serving turns an uploaded label map: a map stored on its side
+    # with an EXIF orientation must not reach training rotated against its photo.
+    path = label_dataset / "train" / "A" / "0000.png"
+    upright = dataset(label_config(label_dataset, tmp_path)).load_arrays(0)[0]
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # shown turned 90 degrees clockwise
+    Image.open(path).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    assert not np.array_equal(np.rot90(upright), upright)  # so a turned map would show
+    read = dataset(label_config(label_dataset, tmp_path)).load_arrays(0)[0]
+    np.testing.assert_array_equal(read, upright)
 
 
 def test_missing_pairs_are_all_listed_both_ways(label_dataset, tmp_path):

@@ -25,7 +25,6 @@ from model.processing import (
     InputError,
     encode_input,
     encode_target,
-    label_ids_from_image,
     list_images,
     prepare_input,
     prepare_target,
@@ -257,10 +256,8 @@ class PairedDataset(Dataset):
         else:
             a_image, b_image = first, read_image(pair.b_path)  # type: ignore[arg-type]
         try:
-            if self.spec.input_kind == "label_map":
-                a_array = label_ids_from_image(a_image, self.spec, self.config.palette_tolerance)
-            else:
-                a_array = prepare_input(a_image, self.spec)
+            # As serving reads an upload: EXIF rotation applied to label maps as to photos.
+            a_array = prepare_input(a_image, self.spec, self.config.palette_tolerance)
             b_array = prepare_target(b_image, self.spec)
         except InputError as error:
             raise DataError(f"{pair.a_path}: {error}") from error
