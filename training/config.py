@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from model.spec import (
     COLOR_SPACES,
@@ -173,40 +174,26 @@ class TrainConfig:
         _choice("train.gan_mode", self.gan_mode, ("vanilla", "lsgan", "hinge"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _choice("train.color_loss", self.color_loss, ("l1", "classification"))
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.epochs", self.epochs, allow_zero=True)
-        _positive("train.epochs_decay", self.epochs_decay, allow_zero=True)
+        above_zero = ("lr", "batch_size", "d_steps", "r1_every", "log_every", "sample_every")
+        for key in (*above_zero, "save_every", "val_images"):
+            _positive(f"train.{key}", getattr(self, key))
+        counts = ("epochs", "epochs_decay", "max_steps", "early_stop_patience")
+        weights = ("lr_d", "lambda_l1", "lambda_gan", "lambda_feat", "r1_gamma")
+        for key in (*counts, *weights, "lambda_classification", "early_stop_min_delta"):
+            _positive(f"train.{key}", getattr(self, key), allow_zero=True)
         if self.epochs + self.epochs_decay == 0 and self.max_steps == 0:
             raise ConfigError("train.epochs + train.epochs_decay is 0: nothing to train")
-        _positive("train.max_steps", self.max_steps, allow_zero=True)
-        _positive("train.d_steps", self.d_steps)
-        _positive("train.r1_every", self.r1_every)
-        for key in ("lr_d", "lambda_feat", "r1_gamma"):
-            value = getattr(self, key)
-            if not 0 <= value < float("inf"):
-                raise ConfigError(f"train.{key} must be a finite number >= 0, got {value}")
         for key in ("lambda_feat", "r1_gamma"):
             if getattr(self, key) > 0 and self.lambda_gan == 0:
                 raise ConfigError(
                     f"train.{key} acts through the discriminator, which train.lambda_gan = 0 "
                     f"leaves untrained: set train.lambda_gan > 0 or train.{key} = 0"
                 )
-        for key in ("log_every", "sample_every", "save_every", "val_images"):
-            _positive(f"train.{key}", getattr(self, key))
-        _positive("train.early_stop_patience", self.early_stop_patience, allow_zero=True)
-        if self.early_stop_min_delta < 0:
-            raise ConfigError("train.early_stop_min_delta must be >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(
                 f"train.ema_decay must be 0 (off) or between 0 and 1, e.g. 0.999; "
                 f"got {self.ema_decay}"
             )
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if self.lambda_l1 < 0 or self.lambda_gan < 0:
-            raise ConfigError("train.lambda_l1 and train.lambda_gan must be >= 0")
-        if self.lambda_classification < 0:
-            raise ConfigError("train.lambda_classification must be >= 0")
 
 
 @dataclass
@@ -272,7 +259,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        return dump_toml(self.to_dict())
+        return tomli_w.dumps(self.to_dict())
 
 
 SECTIONS = ("data", "generator", "discriminator", "train")
@@ -283,8 +270,9 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _positive(key: str, value: int, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    """A finite number above 0 (or at least 0): NaN and infinity fail too."""
+    if not 0 <= value < float("inf") or (value == 0 and not allow_zero):
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
@@ -377,26 +365,3 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     config = Config()
     _apply(config, values)
     return config.validate()
-
-
-def dump_toml(values: dict[str, Any]) -> str:
-    """Serialize a two-level dict of scalars (our config shape) as TOML."""
-    top = [f"{key} = {_toml_value(v)}" for key, v in values.items() if not isinstance(v, dict)]
-    tables = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            lines = [f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
-            tables.append("\n".join(lines))
-    return "\n\n".join(["\n".join(top), *tables]) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
