@@ -14,7 +14,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from model.files import write_atomic
-from model.processing import IMAGE_SUFFIXES, to_rgb
+from model.processing import IMAGE_SUFFIXES, list_images, to_rgb
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -145,18 +145,9 @@ def _common_splits(a_dir: Path, b_dir: Path) -> list[str]:
 def _images_by_key(folder: Path, splits: list[str]) -> dict[PairKey, list[Path]]:
     images: dict[PairKey, list[Path]] = defaultdict(list)
     for split in splits:
-        directory = folder / split
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.iterdir()):
-            if (
-                path.is_file()
-                and path.suffix.lower() in IMAGE_SUFFIXES
-                and not path.name.startswith(".")
-            ):
+        if (folder / split).is_dir():
+            for path in list_images(folder / split):
                 images[(split, path.stem)].append(path)
-            elif path.is_file():
-                logger.debug("ignoring %s: not an image file", path)
     return dict(images)
 
 
