@@ -1,4 +1,4 @@
-"""Watching a GAN train: discriminator balance warnings and early stopping on a validation metric.
+"""Watching a GAN train: discriminator balance warnings and early stopping on the validation L1.
 
 The trainer hands each logged interval to :meth:`TrainingMonitor.observe_train` and each
 validation result to :meth:`TrainingMonitor.observe_validation`. The monitor adds the mean
@@ -6,7 +6,7 @@ discriminator accuracy, the G/D loss balance and the discriminator's state to th
 a warning when the discriminator wins outright (accuracy above 0.95 on real and generated pairs
 for several intervals in a row: the generator gets no useful gradient) or collapses (it calls
 nearly everything real, or everything generated, or is worse than chance for several intervals),
-and says when a validation metric has stopped improving. It never touches the models, so it
+and says when the validation L1 has stopped improving. It never touches the models, so it
 costs nothing inside the step; it keeps its counters in a small state dict for resuming.
 """
 
@@ -31,10 +31,8 @@ class MonitorSettings:
       collapsed onto one answer; ``chance_accuracy``: mean accuracy below which D does worse
       than guessing.
     - ``patience``: consecutive log intervals a condition must hold before it is reported.
-    - ``early_stop_patience``: validations without an improvement larger than
+    - ``early_stop_patience``: validations without val_l1 falling by more than
       ``early_stop_min_delta`` before training should stop (0 turns early stopping off).
-    - ``early_stop_metric`` and ``early_stop_mode``: the validation field to watch and whether
-      lower (``min``) or higher (``max``) is better.
     """
 
     win_accuracy: float = 0.95
@@ -43,16 +41,12 @@ class MonitorSettings:
     patience: int = 5
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.0
-    early_stop_metric: str = "val_l1"
-    early_stop_mode: str = "min"
 
     def __post_init__(self) -> None:
         if self.patience < 1:
             raise ValueError(f"patience must be at least 1, got {self.patience}")
         if self.early_stop_patience < 0 or self.early_stop_min_delta < 0:
             raise ValueError("early_stop_patience and early_stop_min_delta must be >= 0")
-        if self.early_stop_mode not in ("min", "max"):
-            raise ValueError(f"early_stop_mode must be min or max, not {self.early_stop_mode!r}")
 
 
 def discriminator_state(record: dict[str, Any], settings: MonitorSettings) -> str:
@@ -138,20 +132,18 @@ class TrainingMonitor:
     # -- validation --------------------------------------------------------------------------
 
     def observe_validation(self, record: dict[str, Any]) -> bool:
-        """Track the watched validation metric; True once training should stop early."""
+        """Track val_l1 (lower is better); True once training should stop early."""
         settings = self.settings
-        if self.stopped or settings.early_stop_metric not in record:
+        if self.stopped or "val_l1" not in record:
             return self.stopped
-        value = float(record[settings.early_stop_metric])
-        sign = 1.0 if settings.early_stop_mode == "min" else -1.0
-        if self.best is None or sign * (self.best - value) > settings.early_stop_min_delta:
+        value = float(record["val_l1"])
+        if self.best is None or self.best - value > settings.early_stop_min_delta:
             self.best, self.best_step, self.stale = value, record.get("step"), 0
             return False
         self.stale += 1
         if settings.early_stop_patience and self.stale >= settings.early_stop_patience:
             logger.info(
-                "early stop: %s has not improved for %d validations (best %.6f at step %s)",
-                settings.early_stop_metric,
+                "early stop: val_l1 has not improved for %d validations (best %.6f at step %s)",
                 self.stale,
                 self.best,
                 self.best_step,
