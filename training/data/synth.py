@@ -394,12 +394,8 @@ def _paint_mountains(scene: _Scene) -> None:
     # terrain's slope across and down the face.
     terrain = _noise(rng, horizon, size, 3, 9, octaves=4, persistence=0.55)
     gullies = 1.0 - 2.0 * np.abs(np.tanh(0.7 * terrain))
-    across = np.empty_like(gullies)
-    across[:, 1:] = np.diff(gullies, axis=1)
-    across[:, 0] = across[:, 1]
-    down = np.empty_like(gullies)
-    down[1:] = np.diff(gullies, axis=0)
-    down[0] = down[1]
+    across = np.pad(np.diff(gullies, axis=1), ((0, 0), (1, 0)), mode="edge")
+    down = np.pad(np.diff(gullies, axis=0), ((1, 0), (0, 0)), mode="edge")
     relief = size / 24.0
     gully_light = np.tanh((light.side * relief) * across - (0.6 * relief) * down)
     rock = _rgb(*[(112, 102, 96), (96, 98, 104), (120, 106, 88), (92, 90, 86)][rng.integers(4)])
