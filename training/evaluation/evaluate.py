@@ -214,14 +214,9 @@ class _Scores:
         if self.segmenter is not None:
             generated = metrics.segmentation_scores(self.confusion)
             real = metrics.segmentation_scores(self.real_confusion)
-            values |= {
-                "fcn_pixel_accuracy": generated.pixel_accuracy,
-                "fcn_class_accuracy": generated.class_accuracy,
-                "fcn_mean_iou": generated.mean_iou,
-                "real_pixel_accuracy": real.pixel_accuracy,
-                "real_class_accuracy": real.class_accuracy,
-                "real_mean_iou": real.mean_iou,
-            }
+            for prefix, scores in (("fcn", generated), ("real", real)):
+                for score in ("pixel_accuracy", "class_accuracy", "mean_iou"):
+                    values[f"{prefix}_{score}"] = getattr(scores, score)
             for position, label in enumerate(self.spec.palette):
                 per_class.append(
                     {
@@ -304,10 +299,9 @@ def evaluate_model(
         )
     seconds = time.perf_counter() - started
     log = find_training_log(model)
-    folder = resolve_model_folder(model)
     return Evaluation(
         name=name or _model_name(Path(model)),
-        model=str(folder),
+        model=str(resolve_model_folder(model)),
         task=spec.task,
         input_kind=spec.input_kind,
         data=str(data_root),
