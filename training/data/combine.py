@@ -44,10 +44,7 @@ def combine_folders(
         if not folder.is_dir():
             raise DataError(f"{label} folder {folder} does not exist or is not a folder")
 
-    splits = _common_splits(a_dir, b_dir)
-    a_files = _images_by_key(a_dir, splits)
-    b_files = _images_by_key(b_dir, splits)
-    pairs = _match(a_dir, a_files, b_dir, b_files)
+    pairs = _match(a_dir, b_dir, _common_splits(a_dir, b_dir))
     _check_pairs(pairs, progress)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -151,16 +148,11 @@ def _images_by_key(folder: Path, splits: list[str]) -> dict[PairKey, list[Path]]
     return dict(images)
 
 
-def _match(
-    a_dir: Path,
-    a_files: dict[PairKey, list[Path]],
-    b_dir: Path,
-    b_files: dict[PairKey, list[Path]],
-) -> dict[PairKey, tuple[Path, Path]]:
-    extensions = ", ".join(IMAGE_SUFFIXES)
+def _match(a_dir: Path, b_dir: Path, splits: list[str]) -> dict[PairKey, tuple[Path, Path]]:
+    a_files, b_files = _images_by_key(a_dir, splits), _images_by_key(b_dir, splits)
     empty = [str(folder) for folder, files in ((a_dir, a_files), (b_dir, b_files)) if not files]
     if empty:
-        raise DataError(f"no images ({extensions}) found in {' and '.join(empty)}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {' and '.join(empty)}")
 
     problems: list[str] = []
     for label, folder, files in (("A", a_dir, a_files), ("B", b_dir, b_files)):
