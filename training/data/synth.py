@@ -910,10 +910,6 @@ def write_synthetic_dataset(
     out = Path(out)
     counts = dict(zip(SPLIT_NAMES, _split_counts(n, splits), strict=True))
     assignments = [name for name in SPLIT_NAMES for _ in range(counts[name])]
-    folders = ("A", "B") if task == "labels" else ("",)
-    for name in SPLIT_NAMES:
-        for folder in folders:
-            (out / name / folder).mkdir(parents=True, exist_ok=True)
     palette = [channel for entry in LANDSCAPE_PALETTE for channel in entry.color]
     if task == "labels":
         entries = [asdict(entry) for entry in LANDSCAPE_PALETTE]
