@@ -47,7 +47,6 @@ def combine_folders(
     pairs = _match(a_dir, b_dir, _common_splits(a_dir, b_dir))
     _check_pairs(pairs, progress)
 
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, int] = defaultdict(int)
     for (split, stem), (a_path, b_path) in tqdm(
         sorted(pairs.items()), desc="combining", unit="pair", disable=not progress
