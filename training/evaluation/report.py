@@ -84,12 +84,18 @@ def _format(value: float | None) -> str:
     return f"{value:.4f}" if magnitude < 1 else f"{value:.3f}"
 
 
+def _table(evaluations: list[Evaluation]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the terminal and page tables: the metrics, the images and the time."""
+    header = ["metric", *[e.name for e in evaluations], "better"]
+    rows = [[label, *values, better] for label, better, values in metric_rows(evaluations)]
+    rows.append(["images", *[str(e.count) for e in evaluations], ""])
+    rows.append(["seconds", *[f"{e.seconds:.1f}" for e in evaluations], ""])
+    return header, rows
+
+
 def format_table(evaluations: list[Evaluation]) -> str:
     """The metric table as aligned plain text, for the terminal."""
-    header = ["metric", *[e.name for e in evaluations], "better"]
-    body = [[label, *values, better] for label, better, values in metric_rows(evaluations)]
-    body.append(["images", *[str(e.count) for e in evaluations], ""])
-    body.append(["seconds", *[f"{e.seconds:.1f}" for e in evaluations], ""])
+    header, body = _table(evaluations)
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
@@ -236,10 +242,7 @@ def _html_table(header: list[str], rows: list[list[str]], classes: dict[int, str
 
 def render_html(evaluations: list[Evaluation], figures: dict[str, str], title: str) -> str:
     first = evaluations[0]
-    rows = [[label, *values, better] for label, better, values in metric_rows(evaluations)]
-    rows.append(["images", *[str(e.count) for e in evaluations], ""])
-    rows.append(["seconds", *[f"{e.seconds:.1f}" for e in evaluations], ""])
-    header = ["metric", *[e.name for e in evaluations], "better"]
+    header, rows = _table(evaluations)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
