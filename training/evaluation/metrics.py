@@ -67,18 +67,16 @@ def l1_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (outputs - targets).abs().flatten(1).mean(dim=1)
 
 
-def psnr(outputs: torch.Tensor, targets: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+def psnr(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per image: (N,). Identical images give inf."""
     return peak_signal_noise_ratio(
-        outputs, targets, data_range=data_range, reduction="none", dim=(1, 2, 3)
+        outputs, targets, data_range=1.0, reduction="none", dim=(1, 2, 3)
     )
 
 
-def ssim(outputs: torch.Tensor, targets: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+def ssim(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Structural similarity per image (11x11 Gaussian window, sigma 1.5): (N,)."""
-    return structural_similarity_index_measure(
-        outputs, targets, data_range=data_range, reduction="none"
-    )
+    return structural_similarity_index_measure(outputs, targets, data_range=1.0, reduction="none")
 
 
 # -- sharpness ---------------------------------------------------------------------------------
