@@ -81,9 +81,9 @@ def discover_pairs(config: DataConfig, split: str) -> list[PairFiles]:
             if only_b:
                 lines.append(f"  in B/ without an A: {', '.join(b_files[s].name for s in only_b)}")
             raise DataError("\n".join(lines))
-        pairs = [PairFiles(a_files[s], b_files[s]) for s in sorted(a_files)]
         if config.direction == "BtoA":
-            pairs = [PairFiles(p.b_path, p.a_path) for p in pairs]  # type: ignore[arg-type]
+            a_files, b_files = b_files, a_files
+        pairs = [PairFiles(a_files[s], b_files[s]) for s in sorted(a_files)]
     else:
         pairs = [PairFiles(path) for path in list_images(split_dir)]
     if not pairs:
