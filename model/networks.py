@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import nn
 from torch.nn import functional
-from torch.nn.utils import parametrizations
+from torch.nn.utils import parametrizations, parametrize
 
 from model.fast_paths import convolution, dense_gradient
 from model.spec import GeneratorArchitecture
@@ -29,16 +29,49 @@ def group_count(channels: int) -> int:
 
 def norm_layer(kind: str, channels: int, *, affine: bool = True) -> nn.Module:
     """The normalization named by ``kind``; instance norm has no affine params, like the paper.
-    ``affine=False`` drops batch and group norm's scale and shift too (for SPADE)."""
+    ``affine=False`` drops batch and group norm's scale and shift too (for SPADE). ``demod``
+    normalizes the weights of the convolution before it (see ``Demodulated``), not the
+    activations, so it has no layer here."""
     if kind == "batch":
         return nn.BatchNorm2d(channels, affine=affine)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if kind == "group":
         return nn.GroupNorm(group_count(channels), channels, affine=affine)
-    if kind == "none":
+    if kind in ("demod", "none"):
         return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r} (expected batch, instance, group or none)")
+    raise ValueError(f"unknown norm {kind!r} (expected batch, instance, group, demod or none)")
+
+
+class Demodulated(nn.Module):
+    """Weight demodulation without a style (StyleGAN2, Karras et al. 2020): every output
+    channel's filter scaled to an L2 norm of sqrt(2), so for uncorrelated inputs the convolution
+    keeps the second moment that the ReLU before it halved.
+
+    It replaces normalizing the activations, per sample (instance norm) or per batch (batch
+    norm): nothing depends on the other pixels of the image, so a bright region cannot drag a
+    layer's statistics (the "droplet" blobs StyleGAN2 traced to instance norm), and training
+    and serving compute the same thing at any batch size. A parametrization of ``weight``:
+    everything that reads the layer's weight reads the demodulated one.
+    """
+
+    def __init__(self, transposed: bool):
+        super().__init__()
+        # Conv2d weights are (out, in, kh, kw), ConvTranspose2d weights (in, out, kh, kw).
+        self.fan_in = (0, 2, 3) if transposed else (1, 2, 3)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * weight.square().sum(self.fan_in, keepdim=True).add(1e-8).rsqrt() * 2**0.5
+
+
+def demodulate(layer: nn.Module, norm: str) -> nn.Module:
+    """``layer`` (a conv, transposed conv or ``ResizeConv``) with demodulated weights when
+    ``norm`` is ``demod``; as it is otherwise."""
+    if norm == "demod":
+        conv = layer.conv if isinstance(layer, ResizeConv) else layer
+        transposed = isinstance(conv, nn.ConvTranspose2d)
+        parametrize.register_parametrization(conv, "weight", Demodulated(transposed))
+    return layer
 
 
 def _conv_bias(norm: str) -> bool:
@@ -93,6 +126,7 @@ class SpatiallyAdaptiveNorm(nn.Module):
         super().__init__()
         if kind == "none":
             raise ValueError("SPADE modulates normalized features: it needs a norm, not 'none'")
+        # With demod the features arrive normalized by the conv's weights; nothing to add here.
         hidden = min(SPADE_HIDDEN, channels)
         self.norm = norm_layer(kind, channels, affine=False)
         self.shared = nn.Sequential(
@@ -118,6 +152,8 @@ class DownBlock(nn.Module):
             in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=_conv_bias(norm)
         )
         self.norm = norm_layer(norm, out_channels) if use_norm else nn.Identity()
+        if use_norm:
+            demodulate(self.conv, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(convolution(self.conv, self.activation(x)))
@@ -142,7 +178,9 @@ class UpBlock(nn.Module):
     ):
         super().__init__()
         self.activation = nn.ReLU(inplace=True)
-        self.conv = upsampling(upsample, in_channels, out_channels, bias=_conv_bias(norm))
+        self.conv = demodulate(
+            upsampling(upsample, in_channels, out_channels, bias=_conv_bias(norm)), norm
+        )
         if label_channels:
             self.norm = SpatiallyAdaptiveNorm(norm, out_channels, label_channels)
         else:
@@ -249,7 +287,7 @@ class PatchDiscriminator(nn.Module):
             layers: list[nn.Module] = [
                 nn.Conv2d(in_channels, base_width, kernel_size=1),
                 nn.LeakyReLU(0.2, inplace=True),
-                nn.Conv2d(base_width, base_width * 2, kernel_size=1, bias=bias),
+                demodulate(nn.Conv2d(base_width, base_width * 2, kernel_size=1, bias=bias), norm),
                 norm_layer(norm, base_width * 2),
                 nn.LeakyReLU(0.2, inplace=True),
                 nn.Conv2d(base_width * 2, 1, kernel_size=1, bias=bias),
@@ -265,7 +303,7 @@ class PatchDiscriminator(nn.Module):
             next_width = base_width * min(2**layer, 8)
             stride = 2 if layer < n_layers else 1
             layers += [
-                conv(width, next_width, stride=stride, bias=bias),
+                demodulate(conv(width, next_width, stride=stride, bias=bias), norm),
                 norm_layer(norm, next_width),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
@@ -350,10 +388,14 @@ def spectral_normalize(module: nn.Module) -> nn.Module:
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """The paper's init: conv weights N(0, 0.02), norm weights N(1, 0.02), biases zero."""
+    """The paper's init: conv weights N(0, 0.02), norm weights N(1, 0.02), biases zero (a
+    demodulated conv's stored weight, which only its direction matters for)."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.normal_(layer.weight, 0.0, gain)
+            if parametrize.is_parametrized(layer, "weight"):
+                nn.init.normal_(layer.parametrizations.weight.original, 0.0, gain)
+            else:
+                nn.init.normal_(layer.weight, 0.0, gain)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
         elif (

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
+from torch.nn.utils import parametrize
 
 from model.errors import CheckpointError
 from model.networks import DownBlock, ResizeConv, SpatiallyAdaptiveNorm, UNetGenerator, UpBlock
@@ -122,6 +123,15 @@ def inference_graph(generator: UNetGenerator) -> UNetGenerator:
     kernel for them, so they compute in float between 8-bit activations.
     """
     graph = copy.deepcopy(generator).eval()
+    for layer in graph.modules():  # demodulated convs: their computed weights, as parameters
+        if parametrize.is_parametrized(layer):
+            # Not remove_parametrizations, which deletes the property from the parametrized
+            # class: the deep copy shares that class with ``generator``.
+            values = {name: getattr(layer, name).detach() for name in layer.parametrizations}
+            layer.__class__ = parametrize.type_before_parametrizations(layer)
+            del layer.parametrizations
+            for name, value in values.items():
+                layer.register_parameter(name, nn.Parameter(value))
     for block in graph.modules():
         if not isinstance(block, DownBlock | UpBlock):
             continue

@@ -20,14 +20,14 @@ SPEC_FILENAME = "spec.json"
 
 InputKind = Literal["photo", "grayscale", "label_map"]
 ColorSpace = Literal["rgb", "lab"]
-NormKind = Literal["batch", "instance", "group", "none"]
+NormKind = Literal["batch", "instance", "group", "demod", "none"]
 UpsampleKind = Literal["transpose", "resize"]
 HeadKind = Literal["tanh", "ab_bins"]
 InferenceMode = Literal["eval", "train"]
 
 INPUT_KINDS = ("photo", "grayscale", "label_map")
 COLOR_SPACES = ("rgb", "lab")
-NORM_KINDS = ("batch", "instance", "group", "none")
+NORM_KINDS = ("batch", "instance", "group", "demod", "none")
 UPSAMPLE_KINDS = ("transpose", "resize")
 HEAD_KINDS = ("tanh", "ab_bins")
 INFERENCE_MODES = ("eval", "train")

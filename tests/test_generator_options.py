@@ -1,4 +1,5 @@
-"""Generator options: group norm (``generator.norm = "group"``) and SPADE (``generator.spade``),
+"""Generator options: group norm (``generator.norm = "group"``), weight demodulation
+(``generator.norm = "demod"``) and SPADE (``generator.spade``),
 through the network, the spec, the config, training (moving average, resume), export (ONNX,
 --half, TorchScript, int8) and serving (tiled, through the Python API)."""
 
@@ -9,12 +10,14 @@ import onnx
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import pix2pix
 from model.checkpoint import latest_checkpoint, load_generator, save_model_folder
 from model.errors import SpecError
 from model.export import export_model
 from model.networks import (
+    Demodulated,
     SpatiallyAdaptiveNorm,
     UNetGenerator,
     count_parameters,
@@ -32,9 +35,11 @@ from training.loop.trainer import Trainer
 LABELS = tuple(LabelClass(entry["id"], entry["name"], tuple(entry["color"])) for entry in PALETTE)
 # Group norm on a photo model with the paper's transposed convs; SPADE on a one-hot label-map
 # model with the resize decoder and batch norm, whose parameter-free norm int8 folds away, and
-# SPADE modulated by the input image itself (a color-coded label image, say).
+# SPADE modulated by the input image itself (a color-coded label image, say); demodulated convs
+# under SPADE from the image.
 OPTIONS = {
     "group": {"norm": "group"},
+    "demod": {"norm": "demod", "spade": True, "upsample": "resize"},
     "spade": {"norm": "batch", "spade": True, "upsample": "resize"},
     "spade-photo": {"norm": "batch", "spade": True, "upsample": "resize"},
 }
@@ -101,6 +106,43 @@ def test_group_norm_takes_up_to_32_groups_of_at_least_4_channels_that_divide_the
     assert len(norms) == 3 + 4  # the encoder's middle levels and every decoder level
     assert all(norm.affine and norm.num_channels % norm.num_groups == 0 for norm in norms)
     assert not any(isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d) for m in generator.modules())
+
+
+@pytest.mark.parametrize("upsample", ["resize", "transpose"])
+def test_demod_normalizes_each_convolutions_filters_instead_of_the_activations(upsample):
+    torch.manual_seed(0)
+    generator = UNetGenerator(3, 3, num_downs=5, base_width=8, norm="demod", upsample=upsample)
+    init_weights(generator)
+    assert not any(
+        isinstance(m, nn.BatchNorm2d | nn.InstanceNorm2d | nn.GroupNorm)
+        for m in generator.modules()
+    )
+    convs = [m for m in generator.modules() if parametrize.is_parametrized(m, "weight")]
+    assert len(convs) == 3 + 4  # the encoder's middle levels and every decoder level
+    for conv in convs:
+        assert isinstance(conv.parametrizations.weight[0], Demodulated) and conv.bias is not None
+        fan_in = (0, 2, 3) if isinstance(conv, nn.ConvTranspose2d) else (1, 2, 3)
+        norms = conv.weight.detach().square().sum(fan_in).sqrt()
+        torch.testing.assert_close(norms, torch.full_like(norms, 2**0.5))
+        # The init reached the stored weight (a write to ``weight`` would be lost).
+        assert conv.parametrizations.weight.original.std() < 0.03
+    # Nothing depends on the rest of the batch, in training as in serving.
+    x = torch.randn(2, 3, 32, 64)
+    other = torch.cat([x[:1], torch.randn(1, 3, 32, 64)])
+    with torch.no_grad():
+        generator.train()
+        torch.manual_seed(1)
+        first = generator(x)[0]
+        torch.manual_seed(1)
+        torch.testing.assert_close(generator(other)[0], first, rtol=0, atol=1e-6)
+        torch.testing.assert_close(generator.eval()(x[:1])[0], generator(x)[0])
+    # Each demodulated level keeps the scale the first (plain) conv set: the ReLU's halving
+    # is made up for, nothing collapses or explodes with depth.
+    with torch.no_grad():
+        hidden = [generator.encoder[0](x)]
+        for block in generator.encoder[1:-1]:
+            hidden.append(block(hidden[-1]))
+    assert all(0.5 < float(h.std() / hidden[0].std()) < 2 for h in hidden)
 
 
 def test_group_norm_normalizes_each_sample_on_its_own():
@@ -187,6 +229,7 @@ def test_specs_without_the_new_fields_load_as_before_and_the_options_round_trip(
         assert GeneratorSpec.load(tmp_path / f"{option}.json") == spec_for(option)
     assert '"spade": true' in (tmp_path / "spade.json").read_text()
     assert '"norm": "group"' in (tmp_path / "group.json").read_text()
+    assert '"norm": "demod"' in (tmp_path / "demod.json").read_text()
 
 
 def test_spec_refuses_spade_on_label_ids_without_a_norm_or_with_the_bins_head():
@@ -223,7 +266,10 @@ def test_spec_refuses_spade_on_label_ids_without_a_norm_or_with_the_bins_head():
             {"generator.spade": "true", "data.input_kind": "label_map", "generator.norm": "none"},
             "generator.spade = true modulates normalized features",
         ),
-        ({"generator.norm": "layer"}, "generator.norm must be one of batch, instance, group"),
+        (
+            {"generator.norm": "layer"},
+            "generator.norm must be one of batch, instance, group, demod",
+        ),
         ({"generator.spade": "maybe"}, "generator.spade expects bool"),
     ],
 )

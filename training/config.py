@@ -73,7 +73,8 @@ class DataConfig:
 class GeneratorConfig:
     num_downs: int = 8
     base_width: int = 64
-    # batch | instance (no affine, the paper's) | group (affine) | none.
+    # batch | instance (no affine, the paper's) | group (affine) | demod (each conv's filters
+    # scaled to a fixed norm instead of normalizing activations: StyleGAN2's demodulation) | none.
     norm: str = "batch"
     dropout: bool = True
     # transpose: the paper's 4x4 stride-2 transposed convs; resize: nearest 2x + 3x3 conv,
@@ -95,7 +96,7 @@ class GeneratorConfig:
         if self.spade and self.norm == "none":
             raise ConfigError(
                 "generator.spade = true modulates normalized features: it needs "
-                "generator.norm = 'batch', 'instance' or 'group', not 'none'"
+                "generator.norm = 'batch', 'instance', 'group' or 'demod', not 'none'"
             )
 
 
