@@ -153,8 +153,13 @@ def _export_int8(
     if worst > tolerance:
         raise CheckpointError(f"int8 graph rewrite differs from PyTorch by {worst:.2e}")
     del rewritten
-    float_tail = spec.architecture.head == "ab_bins"
-    quantize_onnx(fp32_path, staging / GENERATOR_ONNX, calibrate, float_tail=float_tail)
+    quantize_onnx(
+        fp32_path,
+        staging / GENERATOR_ONNX,
+        calibrate,
+        float_tail=spec.architecture.head == "ab_bins",
+        spade=spec.architecture.spade,
+    )
     fp32_path.unlink()
     return check_fidelity(reference, OnnxRuntime(staging / GENERATOR_ONNX), held_out, min_psnr)
 
