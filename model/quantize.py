@@ -172,7 +172,7 @@ def quantize_onnx(
     ``spade`` quantizes the convolutions only, and not the output one: SPADE's modulation
     (x * (1 + gamma) + beta) on 8-bit operands, and the output layer on 8-bit weights, cost the
     facades demo 9.8 dB (31.0 dB against fp32, under the export's 40; 34.0 with the modulation in
-    float, 40.8 with the output convolution too) for 9% less CPU time per image.
+    float, 40.8 with the output convolution too) for 8% less CPU time per image.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
