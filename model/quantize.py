@@ -192,9 +192,9 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        excluded = _nodes_after_last_convolution(prepared) if float_tail else []
-        if spade:
-            excluded += [_last_convolution(prepared).name]
+        excluded = []
+        if float_tail or spade:
+            excluded = _float_nodes(prepared, tail=float_tail, output_conv=spade)
         quantize_static(
             str(prepared),
             str(out_path),
@@ -213,20 +213,16 @@ def quantize_onnx(
     onnx.save(model, str(out_path))
 
 
-def _nodes_after_last_convolution(path: Path) -> list[str]:
-    """Names of the nodes after the graph's last Conv, in its (topological) order."""
+def _float_nodes(path: Path, tail: bool, output_conv: bool) -> list[str]:
+    """Names of the nodes to keep in fp32: with ``tail`` those after the graph's last Conv (in
+    its topological order), with ``output_conv`` that Conv itself, the generator's output."""
     import onnx
 
-    nodes = list(onnx.load(str(path)).graph.node)
-    last = nodes.index(_last_convolution(path))
-    return [node.name for node in nodes[last + 1 :]]
-
-
-def _last_convolution(path: Path):
-    """The graph's last Conv node (in its topological order): the generator's output layer."""
-    import onnx
-
-    return [node for node in onnx.load(str(path)).graph.node if node.op_type == "Conv"][-1]
+    nodes = onnx.load(str(path)).graph.node
+    last = max(index for index, node in enumerate(nodes) if node.op_type == "Conv")
+    first = last if output_conv else last + 1
+    end = len(nodes) if tail else last + 1
+    return [node.name for node in nodes[first:end]]
 
 
 def split_calibration(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
