@@ -40,6 +40,7 @@ VARIANTS = {
     "R1 gamma 1 (every 16 D steps)": {"train.r1_gamma": "1", "train.r1_every": "16"},
     # The price of one R1 pass, to choose r1_every by.
     "R1 gamma 1 (every D step)": {"train.r1_gamma": "1", "train.r1_every": "1"},
+    "DiffAugment (all three)": {"train.d_augment": "color,translation,cutout"},
 }
 
 

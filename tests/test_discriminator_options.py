@@ -1,5 +1,5 @@
 """The discriminator's training options: multi-scale PatchGAN, feature matching, spectral norm,
-D's own learning rate (TTUR) and the lazy R1 penalty."""
+D's own learning rate (TTUR), the lazy R1 penalty and differentiable augmentation (DiffAugment)."""
 
 import json
 
@@ -20,7 +20,7 @@ from model.networks import (
 from tests.conftest import tiny_config
 from training.config import ConfigError, load_config
 from training.loop import trainer as trainer_module
-from training.loop.losses import GANLoss, R1Penalty, feature_matching_loss
+from training.loop.losses import GANLoss, PairAugment, R1Penalty, feature_matching_loss
 from training.loop.trainer import Trainer
 
 LABELS = {"data.input_kind": "label_map"}
@@ -192,6 +192,43 @@ def test_r1_penalty_is_the_squared_gradient_of_the_mean_patch_logit(num_scales):
     assert not any(R1Penalty(0.0).due(step) for step in range(40))
 
 
+def test_pair_augment_moves_and_cuts_both_sides_alike_and_jitters_only_the_image():
+    condition = torch.arange(2 * 32.0).view(1, 2, 8, 4).expand(2, 2, 8, 4)
+    image = torch.arange(3 * 32.0).view(1, 3, 8, 4).expand(2, 3, 8, 4).requires_grad_(True)
+    # Sample 0 moves down 1 and left 1 (the shift is at most 1/8 of the side: 1 and 0 here).
+    shift = {"shift": torch.tensor([[1, -1], [0, 0]])}
+    moved_condition, moved_image = PairAugment(("translation",))(condition, image, shift)
+    assert torch.equal(moved_condition[1], condition[1])
+    assert torch.equal(moved_condition[0, :, 1:, :3], condition[0, :, :7, 1:])
+    assert torch.equal(moved_image[0, :, 1:, :3], image[0, :, :7, 1:])
+    assert moved_image[0, :, 0].abs().sum() == 0 and moved_image[0, :, :, 3].abs().sum() == 0
+
+    # A box of half the side (4 x 2 here) centred on (4, 2) in sample 0, on (0, 0) in sample 1.
+    centers = {"cutout": torch.tensor([[4, 2], [0, 0]])}
+    cut_condition, cut_image = PairAugment(("cutout",))(condition, image, centers)
+    holes = torch.zeros(2, 1, 8, 4, dtype=torch.bool)
+    holes[0, :, 2:6, 1:3] = True
+    holes[1, :, 0:2, 0:1] = True
+    assert torch.equal(cut_condition, condition.masked_fill(holes, 0))
+    assert torch.equal(cut_image, image.masked_fill(holes, 0))
+
+    augment = PairAugment(("color", "translation", "cutout"))
+    draws = augment.draw(image)
+    assert set(draws) == {"brightness", "saturation", "contrast", "shift", "cutout"}
+    assert draws["shift"].abs().amax() <= 1 and draws["shift"][:, 1].abs().amax() == 0
+    color = PairAugment(("color",))
+    jittered_condition, jittered_image = color(condition, image, color.draw(image))
+    assert torch.equal(jittered_condition, condition)
+    assert not torch.equal(jittered_image, image)
+    # Differentiable in the image, as G learns through it.
+    augment(condition, image, draws)[1].sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    # The same draw transforms two pairs alike (G's fake and real pairs for feature matching).
+    assert torch.equal(augment(condition, image, draws)[1], augment(condition, image, draws)[1])
+    with pytest.raises(ValueError, match="rotation"):
+        PairAugment(("rotation",))
+
+
 def weights(folder):
     tensors = {f"G.{k}": v for k, v in load_file(str(folder / "generator.safetensors")).items()}
     tensors |= {
@@ -215,6 +252,7 @@ def test_training_with_every_option_under_fp16_finishes_and_resumes_exactly(
         "train.lr_d": "0.0004",
         "train.r1_gamma": "1",
         "train.r1_every": "3",
+        "train.d_augment": "color, translation,cutout",
         "train.d_steps": "2",
         "train.precision": "fp16",
         "train.log_every": "1",
@@ -272,6 +310,7 @@ def test_training_with_every_option_under_fp16_finishes_and_resumes_exactly(
         ({"train.r1_gamma": "1", "train.lambda_gan": "0"}, "train.r1_gamma"),
         ({"discriminator.num_scales": "3", "data.crop_size": "64"}, "discriminator.num_scales"),
         ({"discriminator.spectral_norm": "maybe"}, "discriminator.spectral_norm"),
+        ({"train.d_augment": "translation,rotation"}, "train.d_augment"),
     ],
 )
 def test_bad_discriminator_options_are_config_errors_naming_the_field(overrides, field):

@@ -121,6 +121,9 @@ class DiscriminatorConfig:
         _positive("discriminator.num_scales", self.num_scales)
 
 
+D_AUGMENTS = ("color", "translation", "cutout")
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 1
@@ -147,6 +150,10 @@ class TrainConfig:
     # (0 = off). D(A, B) is the mean patch logit; multi-scale D sums the scales' penalties.
     r1_gamma: float = 0.0
     r1_every: int = 16
+    # DiffAugment (Zhao et al. 2020): the pairs D judges, real and generated, go through random
+    # differentiable transforms, a comma-separated choice of "color", "translation" and
+    # "cutout" (empty = off), e.g. "translation,cutout".
+    d_augment: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = True
@@ -171,6 +178,10 @@ class TrainConfig:
     color_loss: str = "l1"
     lambda_classification: float = 1.0
 
+    @property
+    def d_augment_policy(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.d_augment.split(",") if part.strip())
+
     def validate(self) -> None:
         _choice("train.gan_mode", self.gan_mode, ("vanilla", "lsgan", "hinge"))
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
@@ -182,6 +193,8 @@ class TrainConfig:
         weights = ("lr_d", "lambda_l1", "lambda_gan", "lambda_feat", "r1_gamma")
         for key in (*counts, *weights, "lambda_classification", "early_stop_min_delta"):
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
+        for policy in self.d_augment_policy:
+            _choice("train.d_augment", policy, D_AUGMENTS)
         if self.epochs + self.epochs_decay == 0 and self.max_steps == 0:
             raise ConfigError("train.epochs + train.epochs_decay is 0: nothing to train")
         for key in ("lambda_feat", "r1_gamma"):

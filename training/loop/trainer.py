@@ -49,7 +49,13 @@ from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
 from training.loop import distributed, optim
 from training.loop.color_loss import ColorClassificationLoss, estimate_prior
-from training.loop.losses import GANLoss, HistoryPool, R1Penalty, feature_matching_loss
+from training.loop.losses import (
+    GANLoss,
+    HistoryPool,
+    PairAugment,
+    R1Penalty,
+    feature_matching_loss,
+)
 from training.loop.meter import IntervalMeter
 from training.loop.monitor import MonitorSettings, TrainingMonitor
 
@@ -290,6 +296,7 @@ class Trainer:
         self.r1 = R1Penalty(train.r1_gamma, train.r1_every)
         if train.r1_gamma > 0:
             self.stat_names += (R1_STAT,)
+        self.augment = PairAugment(train.d_augment_policy)
         self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
         self.monitor = TrainingMonitor(
             MonitorSettings(
@@ -429,9 +436,13 @@ class Trainer:
             pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
             for d_step in range(train.d_steps):
                 self.optimizer_d.zero_grad(set_to_none=True)
+                judged_fake, judged_real = (pool_a, pool_fake), (real_a, real_b)
+                if self.augment:
+                    judged_fake = self.augment(*judged_fake, self.augment.draw(pool_fake))
+                    judged_real = self.augment(*judged_real, self.augment.draw(real_b))
                 with self.autocast():
-                    logits_fake = self.discriminator_step(pool_a, pool_fake)
-                    logits_real = self.discriminator_step(real_a, real_b)
+                    logits_fake = self.discriminator_step(*judged_fake)
+                    logits_real = self.discriminator_step(*judged_real)
                 loss_d_fake = self.gan_loss.discriminator(logits_fake, real=False)
                 loss_d_real = self.gan_loss.discriminator(logits_real, real=True)
                 loss_d = 0.5 * (loss_d_fake + loss_d_real)
@@ -454,15 +465,21 @@ class Trainer:
         loss_g_gan = loss_g_feat = zero
         if adversarial:
             self.discriminator.requires_grad_(False)
+            judged_fake, judged_real = (real_a, fake_b), (real_a, real_b)
+            if self.augment:
+                # One draw for both pairs: feature matching compares them position by position.
+                draws = self.augment.draw(fake_b)
+                judged_fake = self.augment(*judged_fake, draws)
+                judged_real = self.augment(*judged_real, draws)
             with self.autocast():
                 if feature_matching:
                     with torch.no_grad():
-                        _, features_real = self.discriminator_frozen(real_a, real_b, features=True)
+                        _, features_real = self.discriminator_frozen(*judged_real, features=True)
                     logits_fooled, features_fake = self.discriminator_frozen(
-                        real_a, fake_b, features=True
+                        *judged_fake, features=True
                     )
                 else:
-                    logits_fooled = self.discriminator_frozen(real_a, fake_b)
+                    logits_fooled = self.discriminator_frozen(*judged_fake)
             loss_g_gan = self.gan_loss.generator(logits_fooled)
             if feature_matching:
                 loss_g_feat = feature_matching_loss(features_fake, features_real)
