@@ -10,7 +10,7 @@ time of a round per step.
 
 Usage:
   OMP_NUM_THREADS=1 python bench/discriminator_options.py
-  python bench/discriminator_options.py --size 32 --rounds 1 --steps 16   # proves it works
+  python bench/discriminator_options.py --size 64 --rounds 1 --steps 16   # proves it works
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ VARIANTS = {
         "discriminator.num_scales": "2",
         "train.lambda_feat": "10",
     },
+    "feature matching 10 (1 scale)": {"train.lambda_feat": "10"},
     "spectral norm": {"discriminator.spectral_norm": "true"},
     "R1 gamma 1 (every 16 D steps)": {"train.r1_gamma": "1", "train.r1_every": "16"},
     # The price of one R1 pass, to choose r1_every by.
