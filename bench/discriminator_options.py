@@ -30,6 +30,7 @@ from training.config import load_config
 from training.data.synth import write_synthetic_dataset
 from training.loop.trainer import Trainer
 
+ONE_HOT = {"data.input_kind": "label_map", "data.one_hot": "true"}
 VARIANTS = {
     "paper D": {},
     "2 scales + feature matching 10": {
@@ -42,6 +43,11 @@ VARIANTS = {
     # The price of one R1 pass, to choose r1_every by.
     "R1 gamma 1 (every D step)": {"train.r1_gamma": "1", "train.r1_every": "1"},
     "DiffAugment (all three)": {"train.d_augment": "color,translation,cutout"},
+    # The synthetic landscapes' label maps, one-hot: the semantic discriminator needs classes.
+    "one-hot maps: paper D": ONE_HOT,
+    "one-hot maps: semantic D w16": ONE_HOT | {"train.lambda_semantic": "1"},
+    "one-hot maps: semantic D w8": ONE_HOT
+    | {"train.lambda_semantic": "1", "discriminator.semantic_width": "8"},
 }
 
 
@@ -65,6 +71,12 @@ def make_trainer(data: Path, runs: Path, args: argparse.Namespace, name: str, op
         **options,
     }
     return Trainer(load_config(None, overrides), progress=False)
+
+
+def batch(trainer: Trainer, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` training pairs (repeated if the set is smaller), on the device."""
+    items = [trainer.train_set[i % len(trainer.train_set)] for i in range(size)]
+    return tuple(trainer._to_device(torch.stack([item[k] for item in items])) for k in "AB")
 
 
 def run(trainer: Trainer, inputs: tuple[torch.Tensor, torch.Tensor], steps: int):
@@ -95,16 +107,15 @@ def main() -> None:
             name: make_trainer(data, Path(folder) / "runs", args, name, options)
             for name, options in VARIANTS.items()
         }
-        first = next(iter(trainers.values()))
-        items = [first.train_set[i % len(first.train_set)] for i in range(args.batch)]
-        inputs = tuple(first._to_device(torch.stack([item[k] for item in items])) for k in "AB")
-        for trainer in trainers.values():
-            run(trainer, inputs, args.warmup)
+        # Each trainer its own batch: the label-map variants read A one-hot.
+        inputs = {name: batch(trainer, args.batch) for name, trainer in trainers.items()}
+        for name, trainer in trainers.items():
+            run(trainer, inputs[name], args.warmup)
         cpu = {name: 0.0 for name in trainers}
         wall: dict[str, list[float]] = {name: [] for name in trainers}
         for _ in range(args.rounds):
             for name, trainer in trainers.items():
-                seconds, elapsed = run(trainer, inputs, args.steps)
+                seconds, elapsed = run(trainer, inputs[name], args.steps)
                 cpu[name] += seconds
                 wall[name].append(elapsed / args.steps)
                 print(f"{name}: {1000 * seconds / args.steps:.0f} ms CPU", file=sys.stderr)

@@ -359,6 +359,57 @@ def _half(x: torch.Tensor) -> torch.Tensor:
     return functional.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
 
 
+class SemanticDiscriminator(nn.Module):
+    """A discriminator that segments (OASIS, Schoenfeld et al. 2021): a small U-Net that reads
+    an image alone and labels every pixel with one of ``num_classes`` classes of the label
+    map, or with one more class, "fake" (the last logit).
+
+    Trained to label real photos by their maps and every generated pixel fake, it tells the
+    generator per pixel which class a region does not look like yet: a stronger signal for
+    label map -> photo than a conditional PatchGAN's one logit per 70x70 patch, which can
+    read the class from its own input. The encoder halves the size ``levels`` times by stride-2
+    4x4 convolutions (widths ``base_width`` x 1, 2, 4, 8, ...); the decoder doubles it back by
+    bilinear upsampling, concatenates the encoder's map of that size and mixes them by a 3x3
+    convolution. No normalization: apply :func:`spectral_normalize` after the init, as OASIS.
+    Needs sides divisible by 2 ** ``levels``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, base_width: int = 16, levels: int = 4):
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"levels must be at least 1, got {levels}")
+        widths = [base_width * min(2**level, 8) for level in range(levels + 1)]
+        self.levels = levels
+        self.stem = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1)
+        self.down = nn.ModuleList(
+            nn.Conv2d(widths[level], widths[level + 1], kernel_size=4, stride=2, padding=1)
+            for level in range(levels)
+        )
+        self.up = nn.ModuleList(
+            nn.Conv2d(widths[level + 1] + widths[level], widths[level], kernel_size=3, padding=1)
+            for level in reversed(range(levels))
+        )
+        self.head = nn.Conv2d(widths[0], num_classes + 1, kernel_size=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Per-pixel logits (N, num_classes + 1, H, W); the last channel is "fake"."""
+        size = image.shape[-2:]
+        if size[0] % 2**self.levels or size[1] % 2**self.levels:
+            raise ValueError(
+                f"the semantic discriminator needs sides divisible by {2**self.levels}, "
+                f"got {tuple(size)}"
+            )
+        x = functional.leaky_relu(self.stem(image), 0.2)
+        skips = []
+        for layer in self.down:
+            skips.append(x)
+            x = functional.leaky_relu(layer(x), 0.2)
+        for layer, skip in zip(self.up, reversed(skips), strict=True):
+            x = functional.interpolate(x, size=skip.shape[-2:], mode="bilinear")
+            x = functional.leaky_relu(layer(torch.cat([x, skip], dim=1)), 0.2)
+        return self.head(x)
+
+
 def build_discriminator(
     in_channels: int,
     base_width: int = 64,

@@ -112,6 +112,9 @@ class DiscriminatorConfig:
     # Spectral normalization (Miyato et al. 2018) of every convolution in D: each divided by
     # its largest singular value, so D stays 1-Lipschitz per layer.
     spectral_norm: bool = False
+    # Width of the segmenting discriminator that train.lambda_semantic switches on (a U-Net of
+    # 4 levels, widths x1, 2, 4, 8, 8).
+    semantic_width: int = 16
 
     def validate(self) -> None:
         _choice("discriminator.norm", self.norm, NORM_KINDS)
@@ -119,9 +122,12 @@ class DiscriminatorConfig:
             raise ConfigError(f"discriminator.n_layers must be 0..8, got {self.n_layers}")
         _positive("discriminator.base_width", self.base_width)
         _positive("discriminator.num_scales", self.num_scales)
+        _positive("discriminator.semantic_width", self.semantic_width)
 
 
 D_AUGMENTS = ("color", "translation", "cutout")
+# The semantic discriminator halves the image 4 times.
+SEMANTIC_MULTIPLE = 16
 
 
 @dataclass
@@ -150,6 +156,14 @@ class TrainConfig:
     # (0 = off). D(A, B) is the mean patch logit; multi-scale D sums the scales' penalties.
     r1_gamma: float = 0.0
     r1_every: int = 16
+    # OASIS (Schoenfeld et al. 2021), for one-hot label maps: a second discriminator segments
+    # the image alone into the map's classes + "fake" (class-balanced cross-entropy), and G's
+    # loss gains lambda_semantic x its cross-entropy on G's output against the map (0 = off).
+    lambda_semantic: float = 0.0
+    # Comma-separated class names of the palette whose pixels the semantic discriminator's
+    # terms leave out (empty = none): catch-alls such as facades' "background" (sky, trees,
+    # the black fill of a rectified photo), whose most typical look G would otherwise paint.
+    semantic_ignore: str = ""
     # DiffAugment (Zhao et al. 2020): the pairs D judges, real and generated, go through random
     # differentiable transforms, a comma-separated choice of "color", "translation" and
     # "cutout" (empty = off), e.g. "translation,cutout".
@@ -180,7 +194,11 @@ class TrainConfig:
 
     @property
     def d_augment_policy(self) -> tuple[str, ...]:
-        return tuple(part.strip() for part in self.d_augment.split(",") if part.strip())
+        return _names(self.d_augment)
+
+    @property
+    def semantic_ignore_names(self) -> tuple[str, ...]:
+        return _names(self.semantic_ignore)
 
     def validate(self) -> None:
         _choice("train.gan_mode", self.gan_mode, ("vanilla", "lsgan", "hinge"))
@@ -190,14 +208,14 @@ class TrainConfig:
         for key in (*above_zero, "save_every", "val_images"):
             _positive(f"train.{key}", getattr(self, key))
         counts = ("epochs", "epochs_decay", "max_steps", "early_stop_patience")
-        weights = ("lr_d", "lambda_l1", "lambda_gan", "lambda_feat", "r1_gamma")
+        weights = ("lr_d", "lambda_l1", "lambda_gan", "lambda_feat", "r1_gamma", "lambda_semantic")
         for key in (*counts, *weights, "lambda_classification", "early_stop_min_delta"):
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
         for policy in self.d_augment_policy:
             _choice("train.d_augment", policy, D_AUGMENTS)
         if self.epochs + self.epochs_decay == 0 and self.max_steps == 0:
             raise ConfigError("train.epochs + train.epochs_decay is 0: nothing to train")
-        for key in ("lambda_feat", "r1_gamma"):
+        for key in ("lambda_feat", "r1_gamma", "lambda_semantic"):
             if getattr(self, key) > 0 and self.lambda_gan == 0:
                 raise ConfigError(
                     f"train.{key} acts through the discriminator, which train.lambda_gan = 0 "
@@ -208,6 +226,11 @@ class TrainConfig:
                 f"train.ema_decay must be 0 (off) or between 0 and 1, e.g. 0.999; "
                 f"got {self.ema_decay}"
             )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """The parts of a comma-separated list, stripped, empty ones dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 @dataclass
@@ -252,6 +275,22 @@ class Config:
                 "generator.spade = true is built for the regression head, not for "
                 "train.color_loss = 'classification'"
             )
+        if self.train.semantic_ignore_names and self.train.lambda_semantic == 0:
+            raise ConfigError(
+                "train.semantic_ignore leaves classes out of the semantic discriminator, which "
+                "train.lambda_semantic = 0 turns off: set train.lambda_semantic > 0"
+            )
+        if self.train.lambda_semantic > 0:
+            if self.data.input_kind != "label_map" or not self.data.one_hot:
+                raise ConfigError(
+                    "train.lambda_semantic > 0 teaches a discriminator the label map's classes: "
+                    "it needs data.input_kind = 'label_map' with data.one_hot = true"
+                )
+            if self.data.crop_size % SEMANTIC_MULTIPLE:
+                raise ConfigError(
+                    f"train.lambda_semantic > 0: data.crop_size ({self.data.crop_size}) must be a "
+                    f"multiple of {SEMANTIC_MULTIPLE} (the semantic discriminator's 4 levels)"
+                )
         if self.discriminator.num_scales > 1:
             # Each scale pools by 2, rounding up.
             coarsest = -(-self.data.crop_size // 2 ** (self.discriminator.num_scales - 1))

@@ -1,5 +1,5 @@
 """The discriminator's losses: adversarial objectives (vanilla, least-squares, hinge), pix2pixHD's
-feature matching, the R1 penalty, and the history pool.
+feature matching, the R1 penalty, OASIS's segmenting discriminator's losses, and the history pool.
 
 A multi-scale discriminator gives a list with one output per scale where a PatchDiscriminator
 gives one; every loss here takes either.
@@ -82,6 +82,62 @@ def feature_matching_loss(
                 fake_layer.float(), real_layer.detach().float()
             )
     return total
+
+
+class SemanticLoss:
+    """OASIS's losses for a :class:`~model.networks.SemanticDiscriminator`: cross-entropy over the
+    map's classes plus "fake" (the last logit), each real class weighted per batch by the
+    inverse of its pixel count, so that a window counts as much as the wall around it.
+
+    The classes are read from the one-hot label map (the argmax of its channels). A class's
+    weight is N * H * W / (classes present x its pixels): 1 for every pixel when all present
+    classes are equally large. "Fake" weighs 1. The pixels of the ``ignore``d classes (channel
+    indices: catch-alls such as a "background" that is sky, trees or the black fill of a
+    rectified photo) take part in no term: D does not learn them and G is not pushed towards
+    their most typical look.
+    """
+
+    def __init__(self, ignore: tuple[int, ...] = ()):
+        self.ignore = tuple(ignore)
+
+    def classes(self, one_hot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class index per pixel (N, H, W), balancing weight per pixel (N, H, W), 0 where the
+        class is ignored)."""
+        one_hot = one_hot.float()
+        counts = one_hot.sum(dim=(0, 2, 3))
+        counts[list(self.ignore)] = 0
+        kept = counts.sum()
+        present = (counts > 0).sum().clamp(min=1)
+        weights = torch.where(counts > 0, kept / (present * counts.clamp(min=1)), 0.0)
+        labels = one_hot.argmax(dim=1)
+        return labels, weights[labels] * (one_hot[:, 0].numel() / kept.clamp(min=1))
+
+    def real(self, logits: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        """The term for D on real photos, and for G on its outputs: each pixel its map's class."""
+        labels, weights = self.classes(one_hot)
+        loss = functional.cross_entropy(logits.float(), labels, reduction="none")
+        return (loss * weights).mean()
+
+    def fake(self, logits: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        """The term for D on generated images from the maps ``one_hot``: every pixel "fake"."""
+        fake = logits.shape[1] - 1
+        labels = torch.full_like(logits[:, 0], fake, dtype=torch.long)
+        loss = functional.cross_entropy(logits.float(), labels, reduction="none")
+        kept = self._kept(one_hot)
+        return (loss * kept).sum() / kept.sum().clamp(min=1)
+
+    def accuracy(self, logits: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        """The share of a real photo's (not ignored) pixels that D labels with their class."""
+        right = (logits.detach().argmax(dim=1) == one_hot.argmax(dim=1)).float()
+        kept = self._kept(one_hot)
+        return (right * kept).sum() / kept.sum().clamp(min=1)
+
+    def _kept(self, one_hot: torch.Tensor) -> torch.Tensor:
+        """1 on the pixels of classes not ignored, else 0: (N, H, W)."""
+        kept = torch.ones_like(one_hot[:, 0], dtype=torch.float32)
+        for channel in self.ignore:
+            kept = kept * (1.0 - one_hot[:, channel].float())
+        return kept
 
 
 class R1Penalty:

@@ -41,7 +41,13 @@ from model.checkpoint import (
 from model.color_bins import ab_bins
 from model.cpu_features import native_bf16
 from model.files import write_text_atomic
-from model.networks import build_discriminator, build_generator, init_weights, spectral_normalize
+from model.networks import (
+    SemanticDiscriminator,
+    build_discriminator,
+    build_generator,
+    init_weights,
+    spectral_normalize,
+)
 from model.processing import decode_output, input_preview, rgb_to_lab
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.config import Config, ConfigError, config_from_dict
@@ -54,6 +60,7 @@ from training.loop.losses import (
     HistoryPool,
     PairAugment,
     R1Penalty,
+    SemanticLoss,
     feature_matching_loss,
 )
 from training.loop.meter import IntervalMeter
@@ -62,6 +69,7 @@ from training.loop.monitor import MonitorSettings, TrainingMonitor
 logger = logging.getLogger(__name__)
 
 DISCRIMINATOR_WEIGHTS = "discriminator.safetensors"
+SEMANTIC_WEIGHTS = "semantic_discriminator.safetensors"  # with train.lambda_semantic only
 RAW_GENERATOR_WEIGHTS = "generator_raw.safetensors"  # with train.ema_decay only
 TRAINING_STATE = "training_state.pt"
 CONFIG_FILENAME = "config.toml"
@@ -174,6 +182,9 @@ CLASSIFICATION_STAT = "G_class"
 # loss gained, per D step (0 on the steps between its lazy updates).
 FEATURE_MATCHING_STAT = "G_feat"
 R1_STAT = "D_r1"
+# With train.lambda_semantic: G's and D's cross-entropy under the segmenting discriminator, and
+# the share of real pixels it labels with their map's class.
+SEMANTIC_STATS = ("G_sem", "D_sem", "D_sem_acc")
 # Training images the color prior of the classification loss is counted over.
 PRIOR_IMAGES = 256
 # The Trainer's attributes whose state_dict a checkpoint's training state holds.
@@ -250,6 +261,17 @@ class Trainer:
         init_weights(self.discriminator)
         if config.discriminator.spectral_norm:
             spectral_normalize(self.discriminator)  # after the init, which it would undo
+        # OASIS's segmenting discriminator (train.lambda_semantic): the map's one-hot channels
+        # are its classes. It joins D's optimizer; its loss touches only its own weights.
+        self.semantic = None
+        if train.lambda_semantic > 0:
+            self.semantic = SemanticDiscriminator(
+                self.spec.out_channels,
+                num_classes=self.spec.in_channels,
+                base_width=config.discriminator.semantic_width,
+            )
+            init_weights(self.semantic)
+            spectral_normalize(self.semantic)
         if train.sync_batchnorm:
             self.generator = distributed.sync_batchnorm(self.generator, self.dist)
             self.discriminator = distributed.sync_batchnorm(self.discriminator, self.dist)
@@ -260,6 +282,8 @@ class Trainer:
         self.memory_format = torch.channels_last if train.channels_last else torch.preserve_format
         self.generator.to(self.device, memory_format=self.memory_format)
         self.discriminator.to(self.device, memory_format=self.memory_format)
+        if self.semantic is not None:
+            self.semantic.to(self.device, memory_format=self.memory_format)
         # The moving average of the generator's weights (train.ema_decay), which validation,
         # samples and the checkpoints' servable weights use; None when off. Every rank keeps
         # one: DDP leaves the same weights everywhere, so the averages agree too (batch-norm
@@ -275,8 +299,11 @@ class Trainer:
         adam = {"lr": train.lr, "betas": (train.beta1, train.beta2)}
         adam.update({"fused": True} if fused else {"foreach": True})
         self.optimizer_g = optim.Adam(self.generator.parameters(), **adam)
+        discriminator_weights = list(self.discriminator.parameters())
+        if self.semantic is not None:
+            discriminator_weights += list(self.semantic.parameters())
         self.optimizer_d = optim.Adam(
-            self.discriminator.parameters(), **adam | {"lr": train.lr_d or train.lr}
+            discriminator_weights, **adam | {"lr": train.lr_d or train.lr}
         )
         self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, self.lr_factor)
         self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, self.lr_factor)
@@ -296,6 +323,9 @@ class Trainer:
         self.r1 = R1Penalty(train.r1_gamma, train.r1_every)
         if train.r1_gamma > 0:
             self.stat_names += (R1_STAT,)
+        self.semantic_loss = SemanticLoss(self._semantic_ignore())
+        if self.semantic is not None:
+            self.stat_names += SEMANTIC_STATS
         self.augment = PairAugment(train.d_augment_policy)
         self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
         self.monitor = TrainingMonitor(
@@ -318,6 +348,11 @@ class Trainer:
             self.generator_step = torch.compile(self.generator_step)
             self.discriminator_step = torch.compile(self.discriminator_step)
         self.discriminator_frozen = self.discriminator_step
+        self.semantic_step = None
+        if self.semantic is not None:
+            self.semantic_step = distributed.wrap(self.semantic, self.dist, self.device)
+            if train.compile:
+                self.semantic_step = torch.compile(self.semantic_step)
         if self.dist.enabled:
             frozen = self.discriminator
             self.discriminator_frozen = torch.compile(frozen) if train.compile else frozen
@@ -367,6 +402,17 @@ class Trainer:
             prior.weights.max(),
         )
         return ColorClassificationLoss(centers, prior.weights, grid, device=self.device)
+
+    def _semantic_ignore(self) -> tuple[int, ...]:
+        """The one-hot channels of train.semantic_ignore's class names."""
+        names = [label.name for label in self.spec.palette]
+        unknown = [n for n in self.config.train.semantic_ignore_names if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"train.semantic_ignore names {', '.join(map(repr, unknown))}, not a class of "
+                f"the palette ({', '.join(names) or 'no palette'})"
+            )
+        return tuple(names.index(n) for n in self.config.train.semantic_ignore_names)
 
     def lr_factor(self, step: int) -> float:
         """Constant for ``epochs``, then linear decay to zero over ``epochs_decay``."""
@@ -429,8 +475,11 @@ class Trainer:
         # Discriminator: real pairs should score real, generated pairs fake. ``detach`` keeps
         # this update from reaching into the generator.
         loss_d_real = loss_d_fake = accuracy_real = accuracy_fake = loss_d_r1 = zero
+        loss_d_semantic = accuracy_semantic = zero
         if adversarial:
             self.discriminator.requires_grad_(True)
+            if self.semantic is not None:
+                self.semantic.requires_grad_(True)
             # Asked once per iteration: every D step sees the same pairs, and the pool stores
             # each generated pair once.
             pool_a, pool_fake = self.pool.query(real_a, fake_b.detach())
@@ -446,6 +495,16 @@ class Trainer:
                 loss_d_fake = self.gan_loss.discriminator(logits_fake, real=False)
                 loss_d_real = self.gan_loss.discriminator(logits_real, real=True)
                 loss_d = 0.5 * (loss_d_fake + loss_d_real)
+                if self.semantic is not None:
+                    # Undisturbed by d_augment: the classes are read pixel by pixel from A.
+                    with self.autocast():
+                        semantic_fake = self.semantic_step(pool_fake)
+                        semantic_real = self.semantic_step(real_b)
+                    loss_d_semantic = 0.5 * (
+                        self.semantic_loss.fake(semantic_fake, pool_a)
+                        + self.semantic_loss.real(semantic_real, real_a)
+                    )
+                    loss_d = loss_d + loss_d_semantic
                 # The lazy R1 penalty, on its own fp32 pass over the real pairs; D steps are
                 # counted over the run, so a resumed run keeps the rhythm.
                 if self.r1.due(self.step * train.d_steps + d_step):
@@ -457,14 +516,21 @@ class Trainer:
                 self.scaler_d.update()
             accuracy_real = self.gan_loss.accuracy(logits_real, real=True)
             accuracy_fake = self.gan_loss.accuracy(logits_fake, real=False)
+            if self.semantic is not None:
+                accuracy_semantic = self.semantic_loss.accuracy(semantic_real, real_a)
 
         # Generator: fool the (frozen) discriminator and stay close to B in L1.
         # With feature matching, also match D's activations on the real pair (targets only).
         self.optimizer_g.zero_grad(set_to_none=True)
         feature_matching = train.lambda_feat > 0
-        loss_g_gan = loss_g_feat = zero
+        loss_g_gan = loss_g_feat = loss_g_semantic = zero
         if adversarial:
             self.discriminator.requires_grad_(False)
+            if self.semantic is not None:
+                self.semantic.requires_grad_(False)
+                with self.autocast():
+                    semantic_fooled = self.semantic(fake_b)
+                loss_g_semantic = self.semantic_loss.real(semantic_fooled, real_a)
             judged_fake, judged_real = (real_a, fake_b), (real_a, real_b)
             if self.augment:
                 # One draw for both pairs: feature matching compares them position by position.
@@ -487,6 +553,8 @@ class Trainer:
         loss_g = train.lambda_gan * loss_g_gan + train.lambda_l1 * loss_g_l1
         if feature_matching:
             loss_g = loss_g + train.lambda_feat * loss_g_feat
+        if self.semantic is not None:
+            loss_g = loss_g + train.lambda_semantic * loss_g_semantic
         if self.color_classification is not None:
             loss_g_class = self.color_classification(logits, real_b)
             loss_g = loss_g + train.lambda_classification * loss_g_class
@@ -505,6 +573,8 @@ class Trainer:
             stats.append(loss_g_feat)
         if self.r1.gamma > 0:
             stats.append(loss_d_r1)
+        if self.semantic is not None:
+            stats += [loss_g_semantic, loss_d_semantic, accuracy_semantic]
         return torch.stack(stats).detach()
 
     @torch.no_grad()
@@ -708,6 +778,8 @@ class Trainer:
             save_tensors_atomic(
                 state_dict_for_saving(self.discriminator), folder / DISCRIMINATOR_WEIGHTS
             )
+            if self.semantic is not None:
+                save_tensors_atomic(state_dict_for_saving(self.semantic), folder / SEMANTIC_WEIGHTS)
             self.spec.save(folder / SPEC_FILENAME)
             state = {
                 "step": self.step,
@@ -744,11 +816,20 @@ class Trainer:
         return rng
 
     def load_checkpoint(self, folder: Path) -> None:
+        semantic_path = folder / SEMANTIC_WEIGHTS
+        if semantic_path.is_file() != (self.semantic is not None):
+            raise TrainingError(
+                f"{folder}: the checkpoint was trained "
+                + ("with" if semantic_path.is_file() else "without")
+                + " a semantic discriminator (train.lambda_semantic); resume with the "
+                "run's own config.toml"
+            )
         try:
             generator = load_file(str(folder / GENERATOR_WEIGHTS))
             raw_path = folder / RAW_GENERATOR_WEIGHTS
             raw = load_file(str(raw_path)) if raw_path.is_file() else None
             discriminator = load_file(str(folder / DISCRIMINATOR_WEIGHTS))
+            semantic = load_file(str(semantic_path)) if self.semantic is not None else None
             state = torch.load(folder / TRAINING_STATE, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, SafetensorError, pickle.UnpicklingError) as error:
             raise CheckpointError(f"{folder}: cannot read checkpoint ({error})") from error
@@ -768,6 +849,8 @@ class Trainer:
         elif raw is not None:
             logger.warning("train.ema_decay is 0: the moving average in %s is dropped", folder)
         self.discriminator.load_state_dict(discriminator)
+        if semantic is not None:
+            self.semantic.load_state_dict(semantic)
         for name in OPTIMIZATION_STATE:
             # Checkpoints from before the split into two scalers hold one for both networks.
             saved = "scaler" if name.startswith("scaler") and name not in state else name
