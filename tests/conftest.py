@@ -38,6 +38,22 @@ def tiny_config(root: Path, runs: Path, name: str = "tiny", **overrides: str) ->
     return config.validate()
 
 
+def train_with_a_break(root: Path, runs: Path, stop: int, **overrides: str) -> Path:
+    """Train the run "split" to step ``stop``, resume it from its checkpoint in a new Trainer to
+    the end; returns its last checkpoint folder (to compare with a run trained straight)."""
+    from model.checkpoint import latest_checkpoint
+    from training.loop.trainer import Trainer
+
+    first = tiny_config(root, runs, name="split", **overrides, **{"train.max_steps": str(stop)})
+    Trainer(first, progress=False).train()
+    resumed = Trainer(
+        tiny_config(root, runs, name="split", **overrides), resume=True, progress=False
+    )
+    assert resumed.step == stop
+    resumed.train()
+    return latest_checkpoint(first.run_dir / "checkpoints")
+
+
 PALETTE = [
     {"id": 0, "name": "sky", "color": [90, 150, 230]},
     {"id": 1, "name": "grass", "color": [60, 170, 60]},

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from model.checkpoint import latest_checkpoint
 from model.networks import SemanticDiscriminator, init_weights, spectral_normalize
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, train_with_a_break
 from training.config import ConfigError, load_config
 from training.errors import TrainingError
 from training.loop.losses import SemanticLoss
@@ -146,15 +146,8 @@ def test_training_with_it_logs_its_terms_saves_it_and_resumes_exactly(label_data
     final = trainer.semantic.state_dict()
     assert any(not torch.equal(final[k], initial[k]) for k in initial)
 
-    split = tiny_config(label_dataset, tmp_path, name="split", **common, **{"train.max_steps": "2"})
-    Trainer(split, progress=False).train()
-    resumed = Trainer(
-        tiny_config(label_dataset, tmp_path, name="split", **common), resume=True, progress=False
-    )
-    assert resumed.step == 2
-    resumed.train()
     expected = weights(latest_checkpoint(straight.run_dir / "checkpoints"))
-    actual = weights(latest_checkpoint(split.run_dir / "checkpoints"))
+    actual = weights(train_with_a_break(label_dataset, tmp_path, 2, **common))
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
