@@ -365,12 +365,12 @@ class SemanticDiscriminator(nn.Module):
     map, or with one more class, "fake" (the last logit).
 
     Trained to label real photos by their maps and every generated pixel fake, it tells the
-    generator per pixel which class a region does not look like yet: a stronger signal for
-    label map -> photo than a conditional PatchGAN's one logit per 70x70 patch, which can
-    read the class from its own input. The encoder halves the size ``levels`` times by stride-2
-    4x4 convolutions (widths ``base_width`` x 1, 2, 4, 8, ...); the decoder doubles it back by
-    bilinear upsampling, concatenates the encoder's map of that size and mixes them by a 3x3
-    convolution. No normalization: apply :func:`spectral_normalize` after the init, as OASIS.
+    generator per pixel which class a region does not look like yet (OASIS's case against a
+    conditional PatchGAN, whose one logit per patch can read the class from its own input).
+    The encoder halves the size ``levels`` times by stride-2 4x4 convolutions (widths
+    ``base_width`` x 1, 2, 4, 8, ...); the decoder doubles it back by bilinear upsampling,
+    concatenates the encoder's map of that size and mixes them by a 3x3 convolution. No
+    normalization: apply :func:`spectral_normalize` after the init, as OASIS.
     Needs sides divisible by 2 ** ``levels``.
     """
 

@@ -162,7 +162,7 @@ class TrainConfig:
     lambda_semantic: float = 0.0
     # Comma-separated class names of the palette whose pixels the semantic discriminator's
     # terms leave out (empty = none): catch-alls such as facades' "background" (sky, trees,
-    # the black fill of a rectified photo), whose most typical look G would otherwise paint.
+    # the black fill of a rectified photo).
     semantic_ignore: str = ""
     # DiffAugment (Zhao et al. 2020): the pairs D judges, real and generated, go through random
     # differentiable transforms, a comma-separated choice of "color", "translation" and

@@ -93,8 +93,9 @@ class SemanticLoss:
     weight is N * H * W / (classes present x its pixels): 1 for every pixel when all present
     classes are equally large. "Fake" weighs 1. The pixels of the ``ignore``d classes (channel
     indices: catch-alls such as a "background" that is sky, trees or the black fill of a
-    rectified photo) take part in no term: D does not learn them and G is not pushed towards
-    their most typical look.
+    rectified photo) take part in no term: D does not learn them, and no pixel of theirs pulls
+    G towards the class's most typical look (their neighbours' terms still reach them through
+    D's receptive field).
     """
 
     def __init__(self, ignore: tuple[int, ...] = ()):
