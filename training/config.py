@@ -126,8 +126,9 @@ class DiscriminatorConfig:
 
 
 D_AUGMENTS = ("color", "translation", "cutout")
-# The semantic discriminator halves the image 4 times.
-SEMANTIC_MULTIPLE = 16
+# The semantic discriminator halves the image this many times (the trainer builds it so), so
+# the crop size must be a multiple of 2 ** SEMANTIC_LEVELS.
+SEMANTIC_LEVELS = 4
 
 
 @dataclass
@@ -286,10 +287,11 @@ class Config:
                     "train.lambda_semantic > 0 teaches a discriminator the label map's classes: "
                     "it needs data.input_kind = 'label_map' with data.one_hot = true"
                 )
-            if self.data.crop_size % SEMANTIC_MULTIPLE:
+            if self.data.crop_size % 2**SEMANTIC_LEVELS:
                 raise ConfigError(
                     f"train.lambda_semantic > 0: data.crop_size ({self.data.crop_size}) must be a "
-                    f"multiple of {SEMANTIC_MULTIPLE} (the semantic discriminator's 4 levels)"
+                    f"multiple of {2**SEMANTIC_LEVELS} (the semantic discriminator's "
+                    f"{SEMANTIC_LEVELS} levels)"
                 )
         if self.discriminator.num_scales > 1:
             # Each scale pools by 2, rounding up.

@@ -50,7 +50,7 @@ from model.networks import (
 )
 from model.processing import decode_output, input_preview, rgb_to_lab
 from model.spec import SPEC_FILENAME, GeneratorSpec
-from training.config import Config, ConfigError, config_from_dict
+from training.config import SEMANTIC_LEVELS, Config, ConfigError, config_from_dict
 from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
 from training.loop import distributed, optim
@@ -269,6 +269,7 @@ class Trainer:
                 self.spec.out_channels,
                 num_classes=self.spec.in_channels,
                 base_width=config.discriminator.semantic_width,
+                levels=SEMANTIC_LEVELS,
             )
             init_weights(self.semantic)
             spectral_normalize(self.semantic)
