@@ -27,7 +27,7 @@ from model.folders import (
     load_spec,
     resolve_model_folder,
 )
-from model.networks import build_generator
+from model.networks import build_generator, use_sample_statistics
 from model.spec import SPEC_FILENAME, GeneratorSpec
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,13 @@ def load_generator(
 
 
 def set_inference_mode(generator: nn.Module, spec: GeneratorSpec) -> None:
-    """Eval mode, or the paper's test-time behaviour (dropout and batch statistics) if asked."""
-    generator.train(spec.inference_mode == "train")
+    """Frozen, with batch norm and dropout as ``spec.inference_mode`` asks (see the spec)."""
+    apply_inference_mode(generator, spec.inference_mode)
     generator.requires_grad_(False)
+
+
+def apply_inference_mode(generator: nn.Module, mode: str) -> None:
+    """Dropout on only in ``train`` mode; batch norm at running statistics in ``eval`` mode and
+    at each image's own statistics otherwise."""
+    generator.train(mode == "train")
+    use_sample_statistics(generator, mode != "eval")

@@ -33,7 +33,7 @@ def norm_layer(kind: str, channels: int, *, affine: bool = True) -> nn.Module:
     normalizes the weights of the convolution before it (see ``Demodulated``), not the
     activations, so it has no layer here."""
     if kind == "batch":
-        return nn.BatchNorm2d(channels, affine=affine)
+        return BatchNorm(channels, affine=affine)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if kind == "group":
@@ -41,6 +41,33 @@ def norm_layer(kind: str, channels: int, *, affine: bool = True) -> nn.Module:
     if kind in ("demod", "none"):
         return nn.Identity()
     raise ValueError(f"unknown norm {kind!r} (expected batch, instance, group, demod or none)")
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """Batch norm that can normalize each sample by its own statistics at inference.
+
+    With ``per_sample`` (see ``use_sample_statistics``) it normalizes every image over its own
+    pixels and applies the learned scale and shift: batch norm in training mode at batch size
+    1, which is what a generator trained at batch 1 saw in every step, and what the pix2pix
+    paper runs at test time. Unlike training mode it never mixes the images of a batch (a
+    served image's output does not depend on the crops batched with it) and never touches the
+    running statistics. The parameters and buffers are batch norm's, so checkpoints load
+    either way.
+    """
+
+    per_sample = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_sample:
+            return functional.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        return super().forward(x)
+
+
+def use_sample_statistics(module: nn.Module, enabled: bool) -> None:
+    """Switch every ``BatchNorm`` in ``module`` to per-sample statistics, or back."""
+    for layer in module.modules():
+        if isinstance(layer, BatchNorm):
+            layer.per_sample = enabled
 
 
 class Demodulated(nn.Module):

@@ -32,7 +32,14 @@ from torch.nn import functional
 from torch.nn.utils import parametrize
 
 from model.errors import CheckpointError
-from model.networks import DownBlock, ResizeConv, SpatiallyAdaptiveNorm, UNetGenerator, UpBlock
+from model.networks import (
+    BatchNorm,
+    DownBlock,
+    ResizeConv,
+    SpatiallyAdaptiveNorm,
+    UNetGenerator,
+    UpBlock,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +126,8 @@ def inference_graph(generator: UNetGenerator) -> UNetGenerator:
     A SPADE block's batch norm (without affine parameters) folds into the conv before it
     alike; its modulation stays as it is: 3x3 convolutions, quantized like the others, and a
     multiply-add on 8-bit activations (only the nearest resize of the input label map runs in
-    float). Group and instance norm depend on each input and stay; ONNX Runtime has no int8
+    float). Group and instance norm, and batch norm at each image's own statistics (inference
+    mode ``sample``), depend on each input and stay; ONNX Runtime has no int8
     kernel for them, so they compute in float between 8-bit activations.
     """
     graph = copy.deepcopy(generator).eval()
@@ -138,7 +146,8 @@ def inference_graph(generator: UNetGenerator) -> UNetGenerator:
         conv = block.conv.conv if isinstance(block.conv, ResizeConv) else block.conv
         # A SPADE block holds its batch norm one level down.
         owner = block.norm if isinstance(block.norm, SpatiallyAdaptiveNorm) else block
-        if isinstance(owner.norm, nn.BatchNorm2d):
+        # Per-sample statistics (inference mode sample) depend on each input: no folding.
+        if isinstance(owner.norm, BatchNorm) and not owner.norm.per_sample:
             _fold_batch_norm(conv, owner.norm)
             owner.norm = nn.Identity()
     for parent in list(graph.modules()):

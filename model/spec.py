@@ -23,14 +23,14 @@ ColorSpace = Literal["rgb", "lab"]
 NormKind = Literal["batch", "instance", "group", "demod", "none"]
 UpsampleKind = Literal["transpose", "resize"]
 HeadKind = Literal["tanh", "ab_bins"]
-InferenceMode = Literal["eval", "train"]
+InferenceMode = Literal["eval", "sample", "train"]
 
 INPUT_KINDS = ("photo", "grayscale", "label_map")
 COLOR_SPACES = ("rgb", "lab")
 NORM_KINDS = ("batch", "instance", "group", "demod", "none")
 UPSAMPLE_KINDS = ("transpose", "resize")
 HEAD_KINDS = ("tanh", "ab_bins")
-INFERENCE_MODES = ("eval", "train")
+INFERENCE_MODES = ("eval", "sample", "train")
 DIRECTIONS = ("AtoB", "BtoA")
 
 
@@ -129,8 +129,10 @@ class GeneratorSpec:
     - ``value_range``: the range of image tensors at the network's boundary.
     - ``train_size``: the crop size the generator was trained on.
     - ``pad_multiple``: inputs are padded (by reflection) to a multiple of this and cropped back.
-    - ``inference_mode``: ``eval`` uses running norm statistics and no dropout; ``train`` keeps
-      dropout and batch statistics at test time, as the pix2pix paper does.
+    - ``inference_mode``: how batch norm and dropout behave at inference. ``eval`` uses the
+      running statistics gathered in training and no dropout; ``sample`` normalizes each image
+      by its own statistics (batch norm's statistics at batch size 1, as in training at batch 1)
+      without dropout; ``train`` adds the dropout to that: the pix2pix paper's test time.
     """
 
     architecture: GeneratorArchitecture

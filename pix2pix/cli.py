@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model.spec import INFERENCE_MODES
+
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -462,9 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--inference-mode",
-        choices=("eval", "train"),
-        help="override the spec: eval (running stats, no dropout) or train (the paper's "
-        "test-time dropout and batch statistics)",
+        choices=INFERENCE_MODES,
+        help="override the spec: eval (batch norm's running statistics, no dropout), sample "
+        "(each image's own statistics, no dropout) or train (sample plus the paper's "
+        "test-time dropout)",
     )
     export.add_argument(
         "--int8",

@@ -141,7 +141,7 @@ def test_onnx_serving_path_runs_without_torch(trained_like, tmp_path):
 
 
 def test_onnx_export_refuses_train_mode_inference(trained_like, tmp_path):
-    with pytest.raises(CheckpointError, match="eval-mode inference only"):
+    with pytest.raises(CheckpointError, match="cannot carry test-time dropout"):
         export_model(trained_like, tmp_path / "x", "onnx", inference_mode="train")
     result = export_model(trained_like, tmp_path / "y", "safetensors", inference_mode="train")
     assert load_model(result.folder, runtime="torch").spec.inference_mode == "train"

@@ -108,7 +108,7 @@ def test_int8_export_refuses_what_it_cannot_do(model_folder, tmp_path):
         ({"format": "onnx", "int8": True, "calibration": images[:1]}, "at least 2"),
         (
             {"format": "onnx", "int8": True, "calibration": images, "inference_mode": "train"},
-            "eval-mode inference only",
+            "cannot carry test-time dropout",
         ),
         (
             {"format": "onnx", "int8": True, "calibration": images, "min_psnr": 200.0},

@@ -80,7 +80,9 @@ class GeneratorConfig:
     # transpose: the paper's 4x4 stride-2 transposed convs; resize: nearest 2x + 3x3 conv,
     # which leaves no checkerboard grid.
     upsample: str = "transpose"
-    # eval: running statistics, no dropout at inference; train: the paper's test-time noise.
+    # Batch norm and dropout at inference. eval: running statistics, no dropout; sample: each
+    # image normalized by its own statistics, as in training at batch 1, no dropout; train:
+    # sample plus dropout, the pix2pix paper's test time.
     inference_mode: str = "eval"
     # The input (a one-hot label map, or the image: a color-coded label image, say) sets a
     # per-pixel scale and shift after every decoder norm (SPADE, Park et al. 2019).
@@ -293,6 +295,13 @@ class Config:
                     f"multiple of {2**SEMANTIC_LEVELS} (the semantic discriminator's "
                     f"{SEMANTIC_LEVELS} levels)"
                 )
+        per_sample = self.generator.inference_mode != "eval"
+        if self.train.sync_batchnorm and self.generator.norm == "batch" and per_sample:
+            raise ConfigError(
+                "train.sync_batchnorm normalizes over every GPU's batch, which "
+                f"generator.inference_mode = {self.generator.inference_mode!r} (each image by its "
+                "own statistics at inference) would not match: use inference_mode = 'eval'"
+            )
         if self.discriminator.num_scales > 1:
             # Each scale pools by 2, rounding up.
             coarsest = -(-self.data.crop_size // 2 ** (self.discriminator.num_scales - 1))

@@ -32,6 +32,7 @@ from model.checkpoint import (
     CHECKPOINTS_DIR,
     GENERATOR_WEIGHTS,
     CheckpointError,
+    apply_inference_mode,
     latest_checkpoint,
     publish_latest,
     save_tensors_atomic,
@@ -47,6 +48,7 @@ from model.networks import (
     build_generator,
     init_weights,
     spectral_normalize,
+    use_sample_statistics,
 )
 from model.processing import decode_output, input_preview, rgb_to_lab
 from model.spec import SPEC_FILENAME, GeneratorSpec
@@ -222,6 +224,15 @@ class Trainer:
         self.device = select_device(device_name)
         if train.sync_batchnorm and self.dist.enabled and self.device.type == "cpu":
             raise ConfigError("train.sync_batchnorm needs CUDA; use norm = 'instance' on the CPU")
+        per_sample = config.generator.norm == "batch" and config.generator.inference_mode != "eval"
+        if per_sample and train.batch_size > 1:
+            logger.warning(
+                "generator.inference_mode = %r normalizes each image by its own statistics at "
+                "inference, but train.batch_size = %d normalizes over the batch in training; "
+                "they agree at batch size 1",
+                config.generator.inference_mode,
+                train.batch_size,
+            )
         self.amp_dtype = autocast_dtype(train.precision, self.device)
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
@@ -726,7 +737,7 @@ class Trainer:
         """
         save_grid = save_grid and self.dist.is_main
         generator = self.servable_generator
-        generator.train(self.spec.inference_mode == "train")
+        apply_inference_mode(generator, self.spec.inference_mode)
         total, count, grid_rows = 0.0, 0, []
         indices = spread(min(len(self.val_set), 64), len(self.val_set))
         grid_size = min(self.config.train.val_images, len(indices))
@@ -743,6 +754,7 @@ class Trainer:
             for i, item in enumerate(items):
                 if item["index"] in shown:
                     grid_rows.append(self._grid_row(item["index"], fake_b[i], real_b[i]))
+        use_sample_statistics(generator, False)
         self.generator.train()
         if save_grid and grid_rows:
             grid = np.concatenate(grid_rows, axis=0)
