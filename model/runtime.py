@@ -15,6 +15,7 @@ on a short warm-up and keeps the fastest.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -252,9 +253,10 @@ def build_runtime(
         if not path.is_file():
             raise CheckpointError(f"{folder}: runtime torchscript needs {GENERATOR_TORCHSCRIPT}")
         return TorchScriptRuntime(path, device)
-    from model.checkpoint import load_generator
+    from model.checkpoint import load_generator, set_inference_mode
 
     generator, _ = load_generator(folder, device)
+    set_inference_mode(generator, spec)  # the caller's spec may override the folder's mode
     precision = "bf16" if name.endswith("bf16") else "fp16" if name.endswith("fp16") else "fp32"
     return TorchRuntime(generator, device, precision, compile=name.startswith("torch-compile"))
 
@@ -277,15 +279,31 @@ def load_model(
     device: str = "auto",
     threads: int = 0,
     spinning: bool = True,
+    inference_mode: str | None = None,
 ) -> LoadedModel:
     """Spec plus a ready runtime for a model folder, checkpoint or run directory.
 
     ``auto`` builds every runtime the folder and install support, times each on a warm-up
     batch and keeps the fastest; a runtime that fails to build is logged and skipped.
     ``spinning=False`` lets ONNX Runtime's idle threads sleep (for a service sharing the CPU).
+    ``inference_mode`` runs the generator in another mode than its spec's (see
+    ``GeneratorSpec``); ONNX and TorchScript files carry theirs, so that takes the weights.
     """
     folder = resolve_model_folder(path)
     spec = load_spec(folder)
+    exported_mode = spec.inference_mode
+    if inference_mode is not None and inference_mode != exported_mode:
+        spec = dataclasses.replace(spec, inference_mode=inference_mode)  # checks the name
+        if runtime in ("onnx", "torchscript") or (
+            runtime == "auto" and not (folder / GENERATOR_WEIGHTS).is_file()
+        ):
+            raise CheckpointError(
+                f"{folder}: running it in inference mode {inference_mode!r} needs the "
+                f"generator's weights ({GENERATOR_WEIGHTS}) and PyTorch; an ONNX or TorchScript "
+                f"export keeps the mode it was exported with ({exported_mode!r})"
+            )
+        if runtime == "auto":
+            runtime = "torch"
     if runtime != "auto":
         device = resolve_device(device, onnx_only=runtime == "onnx")
         built = build_runtime(runtime, folder, spec, device, threads, spinning)

@@ -97,11 +97,16 @@ class Translator:
 
     @classmethod
     def load(
-        cls, path: str | Path, runtime: str = "auto", device: str = "auto", **options
+        cls,
+        path: str | Path,
+        runtime: str = "auto",
+        device: str = "auto",
+        inference_mode: str | None = None,
+        **options,
     ) -> Translator:
         from model.runtime import load_model
 
-        loaded = load_model(path, runtime=runtime, device=device)
+        loaded = load_model(path, runtime=runtime, device=device, inference_mode=inference_mode)
         return cls(loaded.runtime, loaded.spec, **options)
 
     def translate_arrays(self, arrays: Sequence[np.ndarray], resize: str = "pad") -> list:

@@ -26,6 +26,7 @@ def load(
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     batch_size: int = 8,
+    inference_mode: str | None = None,
 ) -> Translator:
     """A translator for a model folder, run directory or checkpoint.
 
@@ -39,6 +40,9 @@ def load(
     ``batch_size`` tiles or equal-sized images run together. Call the translator on a PIL
     image, a uint8 array, a path or a list of them; ``translator.spec`` is the model's
     contract (``input_kind``, ``palette``, ``train_size``...).
+
+    ``inference_mode`` (``eval``, ``sample`` or ``train``) runs batch norm and dropout otherwise
+    than the model's spec says; it needs the generator's weights (not an ONNX-only folder).
     """
     from model.plan import TILE_OVERLAP, TILE_SIZE
     from model.translate import Translator
@@ -47,6 +51,7 @@ def load(
         path,
         runtime=runtime,
         device=device,
+        inference_mode=inference_mode,
         tile_size=TILE_SIZE if tile_size is None else tile_size,
         tile_overlap=TILE_OVERLAP if tile_overlap is None else tile_overlap,
         batch_size=batch_size,
@@ -152,6 +157,7 @@ def evaluate(
     device: str = "auto",
     progress: bool = False,
     palette_tolerance: int = 0,
+    inference_mode: str | None = None,
 ) -> Evaluation:
     """Score a generator on a dataset split, as ``pix2pix evaluate``; returns the
     ``Evaluation`` (``metrics``, ``per_class``, ``count``...) and, unless ``out`` is None,
@@ -172,6 +178,7 @@ def evaluate(
         device=resolve_device(device),
         progress=progress,
         palette_tolerance=palette_tolerance,
+        inference_mode=inference_mode,
     )
     if out is not None:
         write_report([evaluation], out)

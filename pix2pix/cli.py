@@ -272,6 +272,14 @@ def evaluation_options(args: argparse.Namespace) -> dict:
 
     names = ("segmenter", "inception", "max_images", "samples", "batch_size", "palette_tolerance")
     options = {name: getattr(args, name) for name in names}
+    if args.inference_mode is not None:
+        modes = args.inference_mode.split(",")
+        for mode in modes:
+            if mode not in INFERENCE_MODES:
+                raise UsageError(
+                    f"--inference-mode {mode!r}: choose from {', '.join(INFERENCE_MODES)}"
+                )
+        options["inference_mode"] = modes[0] if len(modes) == 1 else modes
     return options | {"device": resolve_device(args.device), "progress": not args.quiet}
 
 
@@ -293,7 +301,10 @@ def print_evaluations(evaluations: list, page: Path) -> None:
 def command_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from pix2pix.api import evaluate
 
-    evaluation = evaluate(args.model, args.data, args.split, args.out, **evaluation_options(args))
+    options = evaluation_options(args)
+    if isinstance(options.get("inference_mode"), list):
+        raise UsageError("evaluate runs one model: give one --inference-mode")
+    evaluation = evaluate(args.model, args.data, args.split, args.out, **options)
     print_evaluations([evaluation], Path(args.out) / "index.html")
     return 0
 
@@ -540,6 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=0,
             help="label maps: accept colors this far (per channel) from a palette color, as "
             "data.palette_tolerance (255 = nearest; for JPEG-ed maps such as facades)",
+        )
+        command.add_argument(
+            "--inference-mode",
+            default=None,
+            help="run batch norm and dropout as eval, sample or train instead of as the model's "
+            "spec says (compare: one mode, or one per model, comma-separated)",
         )
         command.add_argument("--samples", type=int, default=8, help="rows in the sample grid")
         command.add_argument("--batch-size", type=int, default=8)

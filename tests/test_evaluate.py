@@ -263,3 +263,21 @@ def test_cli_segmenter_train_saves_beside_the_data(synth_labels, tmp_path, capsy
     assert code == 0
     assert Segmenter.load(out).spec.size == 64
     assert "val pixel accuracy" in capsys.readouterr().out
+
+
+def test_compare_runs_one_model_in_two_inference_modes(label_run, synth_labels, tmp_path, capsys):
+    data = ["--data", str(synth_labels), "--quiet", "--samples", "1"]
+    out = tmp_path / "modes"
+    modes = ["--inference-mode", "eval,sample"]
+    code = main(["compare", str(label_run), str(label_run), *data, "--out", str(out), *modes])
+    assert code == 0
+    models = json.loads((out / "metrics.json").read_text())["models"]
+    assert [model["name"] for model in models] == ["tiny-labels (eval)", "tiny-labels (sample)"]
+    assert models[0]["metrics"]["l1"] != models[1]["metrics"]["l1"]
+    capsys.readouterr()
+    for mode, message in [("eval,sample", "one --inference-mode"), ("running", "choose from")]:
+        arguments = ["evaluate", str(label_run), *data, "--inference-mode", mode]
+        assert main([*arguments, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(DataError, match="3 inference modes given for 2 models"):
+        evaluate_models([label_run, label_run], synth_labels, inference_mode=["eval"] * 3)

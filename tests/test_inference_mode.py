@@ -195,3 +195,19 @@ def test_sync_batchnorm_with_per_sample_inference_is_refused(synth_labels, tmp_p
         tiny_config(synth_labels, tmp_path, **overrides)
     # With another norm there are no batch statistics to disagree about.
     tiny_config(synth_labels, tmp_path, **overrides, **{"generator.norm": "instance"})
+
+
+def test_a_model_runs_in_another_mode_than_its_spec_only_from_its_weights(sample_folder, tmp_path):
+    batch = _images(2, seed=4).numpy()
+    as_eval = load_model(sample_folder, inference_mode="eval")
+    assert as_eval.spec.inference_mode == "eval" and as_eval.runtime.name == "torch"
+    eval_folder = tmp_path / "eval"
+    export_model(sample_folder, eval_folder, "safetensors", inference_mode="eval")
+    expected = load_model(eval_folder, runtime="torch").runtime(batch)
+    np.testing.assert_allclose(as_eval.runtime(batch), expected, atol=1e-6)
+    onnx_only = export_model(sample_folder, tmp_path / "onnx", "onnx").folder
+    for runtime in ("auto", "onnx"):
+        with pytest.raises(CheckpointError, match="needs the generator's weights"):
+            load_model(onnx_only, runtime=runtime, inference_mode="eval")
+    # The mode it was exported with needs no weights.
+    assert load_model(onnx_only, inference_mode="sample").runtime.name == "onnx"

@@ -245,14 +245,22 @@ def evaluate_model(
     device: str = "cpu",
     progress: bool = False,
     palette_tolerance: int = 0,
+    inference_mode: str | None = None,
 ) -> Evaluation:
-    """Score one generator on ``data_root``'s ``split``; see the module docstring."""
-    translator = Translator.load(model, runtime="auto", device=device, batch_size=batch_size)
+    """Score one generator on ``data_root``'s ``split``; see the module docstring.
+
+    ``inference_mode`` runs it in another mode than its spec's (eval, sample or train), to see
+    which suits the data; the evaluation's name then says the mode."""
+    translator = Translator.load(
+        model, runtime="auto", device=device, batch_size=batch_size, inference_mode=inference_mode
+    )
     spec = translator.spec
     config = data_config_for(spec, data_root, split, palette_tolerance)
     config.max_images = max_images
     dataset = PairedDataset(config, split, spec, train=False)
     notes: list[str] = []
+    if inference_mode is not None:
+        name = name or f"{_model_name(Path(model))} ({inference_mode})"
 
     loaded_segmenter = None
     if spec.input_kind == "label_map":
@@ -343,7 +351,12 @@ def evaluate_models(
     names = options.pop("names", None) or [None] * len(models)
     if len(names) != len(models):
         raise DataError(f"{len(names)} names given for {len(models)} models")
+    # One inference mode for every model, or one each (the same run twice: eval against sample).
+    modes = options.pop("inference_mode", None)
+    modes = modes if isinstance(modes, list | tuple) else [modes] * len(models)
+    if len(modes) != len(models):
+        raise DataError(f"{len(modes)} inference modes given for {len(models)} models")
     return [
-        evaluate_model(model, data_root, split, name=name, **options)
-        for model, name in zip(models, names, strict=True)
+        evaluate_model(model, data_root, split, name=name, inference_mode=mode, **options)
+        for model, name, mode in zip(models, names, modes, strict=True)
     ]
