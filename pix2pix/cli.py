@@ -131,6 +131,7 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
         tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
         batch_size=args.batch_size,
+        inference_mode=args.inference_mode,
     )
     tile_size = translator.tile_size
     pairs = translation_targets(args.inputs, Path(args.out), f".{args.format}")
@@ -417,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--device", default="auto")
     translate.add_argument(
         "--runtime", default="auto", help="auto, torch, torch-bf16, torch-fp16, onnx, torchscript"
+    )
+    translate.add_argument(
+        "--inference-mode",
+        choices=INFERENCE_MODES,
+        help="batch norm and dropout as eval, sample or train instead of as the spec says "
+        "(needs the generator's weights)",
     )
     translate.add_argument("--quiet", action="store_true", help="no progress bar")
     translate.set_defaults(handler=command_translate)

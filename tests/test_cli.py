@@ -53,6 +53,14 @@ def test_synth_train_resume_translate(tmp_path):
     result = pix2pix("translate", run, tmp_path / "odd.png", "--out", out)
     assert result.returncode == 0, result.stderr
     assert Image.open(out / "odd.png").size == (517, 333)
+    # The run's weights in another inference mode: each image's own batch-norm statistics.
+    sample = tmp_path / "sample"
+    result = pix2pix(
+        "translate", run, tmp_path / "odd.png", "--out", sample, "--inference-mode", "sample"
+    )
+    assert result.returncode == 0, result.stderr
+    pixels = [np.asarray(Image.open(folder / "odd.png"), dtype=int) for folder in (out, sample)]
+    assert pixels[1].shape == pixels[0].shape and np.abs(pixels[1] - pixels[0]).mean() > 1
 
 
 def test_train_refuses_to_overwrite_and_reports_bad_data(tmp_path):
