@@ -38,6 +38,16 @@ def tiny_config(root: Path, runs: Path, name: str = "tiny", **overrides: str) ->
     return config.validate()
 
 
+# A run of two epochs, each step logged and a checkpoint every 2 steps: what the tests that
+# resume a run in the middle (``train_with_a_break``) and read every step's stats train.
+LOGGED_SHORT_RUN = {
+    "train.log_every": "1",
+    "train.save_every": "2",
+    "train.epochs": "1",
+    "train.epochs_decay": "1",
+}
+
+
 def train_with_a_break(root: Path, runs: Path, stop: int, **overrides: str) -> Path:
     """Train the run "split" to step ``stop``, resume it from its checkpoint in a new Trainer to
     the end; returns its last checkpoint folder (to compare with a run trained straight)."""

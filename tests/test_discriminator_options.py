@@ -17,7 +17,7 @@ from model.networks import (
     init_weights,
     spectral_normalize,
 )
-from tests.conftest import tiny_config, train_with_a_break
+from tests.conftest import LOGGED_SHORT_RUN, tiny_config, train_with_a_break
 from training.config import ConfigError, load_config
 from training.loop import trainer as trainer_module
 from training.loop.losses import GANLoss, PairAugment, R1Penalty, feature_matching_loss
@@ -255,10 +255,7 @@ def test_training_with_every_option_under_fp16_finishes_and_resumes_exactly(
         "train.d_augment": "color, translation,cutout",
         "train.d_steps": "2",
         "train.precision": "fp16",
-        "train.log_every": "1",
-        "train.save_every": "2",
-        "train.epochs": "1",
-        "train.epochs_decay": "1",
+        **LOGGED_SHORT_RUN,
     }
     straight = tiny_config(label_dataset, tmp_path, name="straight", **common)
     trainer = Trainer(straight, progress=False)

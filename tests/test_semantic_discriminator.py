@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from model.checkpoint import latest_checkpoint
 from model.networks import SemanticDiscriminator, init_weights, spectral_normalize
-from tests.conftest import tiny_config, train_with_a_break
+from tests.conftest import LOGGED_SHORT_RUN, tiny_config, train_with_a_break
 from training.config import ConfigError, load_config
 from training.errors import TrainingError
 from training.loop.losses import SemanticLoss
@@ -125,10 +125,7 @@ def test_training_with_it_logs_its_terms_saves_it_and_resumes_exactly(label_data
         "discriminator.n_layers": "2",
         "train.lambda_feat": "10",
         "train.r1_gamma": "1",
-        "train.log_every": "1",
-        "train.save_every": "2",
-        "train.epochs": "1",
-        "train.epochs_decay": "1",
+        **LOGGED_SHORT_RUN,
     }
     straight = tiny_config(label_dataset, tmp_path, name="straight", **common)
     trainer = Trainer(straight, progress=False)
