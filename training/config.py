@@ -88,6 +88,11 @@ class GeneratorConfig:
     # per-pixel scale and shift after every decoder norm (SPADE, Park et al. 2019).
     spade: bool = False
 
+    @property
+    def per_sample_statistics(self) -> bool:
+        """Batch norm normalizes each image by its own statistics at inference."""
+        return self.norm == "batch" and self.inference_mode != "eval"
+
     def validate(self) -> None:
         _choice("generator.norm", self.norm, NORM_KINDS)
         _choice("generator.upsample", self.upsample, UPSAMPLE_KINDS)
@@ -295,8 +300,7 @@ class Config:
                     f"multiple of {2**SEMANTIC_LEVELS} (the semantic discriminator's "
                     f"{SEMANTIC_LEVELS} levels)"
                 )
-        per_sample = self.generator.inference_mode != "eval"
-        if self.train.sync_batchnorm and self.generator.norm == "batch" and per_sample:
+        if self.train.sync_batchnorm and self.generator.per_sample_statistics:
             raise ConfigError(
                 "train.sync_batchnorm normalizes over every GPU's batch, which "
                 f"generator.inference_mode = {self.generator.inference_mode!r} (each image by its "

@@ -224,8 +224,7 @@ class Trainer:
         self.device = select_device(device_name)
         if train.sync_batchnorm and self.dist.enabled and self.device.type == "cpu":
             raise ConfigError("train.sync_batchnorm needs CUDA; use norm = 'instance' on the CPU")
-        per_sample = config.generator.norm == "batch" and config.generator.inference_mode != "eval"
-        if per_sample and train.batch_size > 1:
+        if config.generator.per_sample_statistics and train.batch_size > 1:
             logger.warning(
                 "generator.inference_mode = %r normalizes each image by its own statistics at "
                 "inference, but train.batch_size = %d normalizes over the batch in training; "
