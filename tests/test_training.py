@@ -54,11 +54,12 @@ def weights(folder):
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("ema_decay", ["0", "0.9"])
-def test_resume_continues_exactly(label_dataset, tmp_path, ema_decay):
+@pytest.mark.parametrize("ema_decay,recalibrate", [("0", "0"), ("0.9", "0"), ("0.9", "4")])
+def test_resume_continues_exactly(label_dataset, tmp_path, ema_decay, recalibrate):
     # 6 pairs at batch 2 is 3 steps per epoch, so the break at step 4 falls mid-epoch.
     common = {**LABELS, "train.save_every": "2", "train.epochs": "2", "train.epochs_decay": "2"}
     common["train.ema_decay"] = ema_decay
+    common["train.recalibrate_bn"] = recalibrate
     straight = tiny_config(label_dataset, tmp_path, name="straight", **common)
     Trainer(straight, progress=False).train()
 

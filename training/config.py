@@ -193,6 +193,12 @@ class TrainConfig:
     # Decay of an exponential moving average of the generator's weights (0 = off, e.g. 0.999);
     # the average is what validation, samples, export and serving use.
     ema_decay: float = 0.0
+    # Batch norm at inference (inference_mode "eval") with statistics measured on the served
+    # generator itself: before every validation and checkpoint, each norm gets its input's mean
+    # and variance over this many training pairs (spread over the split, whole, dropout off),
+    # the norms before it already set (0 = off: the running average of the last training
+    # batches, taken with dropout on and, with an EMA, from the raw generator's weights).
+    recalibrate_bn: int = 0
     # Colorization with data.color_space = "lab" only. l1: regress ab (the paper), which fades
     # rare colors towards the mean; classification: predict ab bins under a rebalanced
     # cross-entropy (Zhang et al. 2016), weighted by lambda_classification. lambda_l1 and
@@ -215,7 +221,7 @@ class TrainConfig:
         above_zero = ("lr", "batch_size", "d_steps", "r1_every", "log_every", "sample_every")
         for key in (*above_zero, "save_every", "val_images"):
             _positive(f"train.{key}", getattr(self, key))
-        counts = ("epochs", "epochs_decay", "max_steps", "early_stop_patience")
+        counts = ("epochs", "epochs_decay", "max_steps", "early_stop_patience", "recalibrate_bn")
         weights = ("lr_d", "lambda_l1", "lambda_gan", "lambda_feat", "r1_gamma", "lambda_semantic")
         for key in (*counts, *weights, "lambda_classification", "early_stop_min_delta"):
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
@@ -300,6 +306,17 @@ class Config:
                     f"multiple of {2**SEMANTIC_LEVELS} (the semantic discriminator's "
                     f"{SEMANTIC_LEVELS} levels)"
                 )
+        if self.train.recalibrate_bn and self.generator.norm != "batch":
+            raise ConfigError(
+                f"train.recalibrate_bn re-estimates batch-norm statistics, and generator.norm = "
+                f"{self.generator.norm!r} has none: set it to 0"
+            )
+        if self.train.recalibrate_bn and self.generator.per_sample_statistics:
+            raise ConfigError(
+                "train.recalibrate_bn re-estimates the running statistics, which "
+                f"generator.inference_mode = {self.generator.inference_mode!r} does not use (it "
+                "normalizes each image by its own): set it to 0, or inference_mode = 'eval'"
+            )
         if self.train.sync_batchnorm and self.generator.per_sample_statistics:
             raise ConfigError(
                 "train.sync_batchnorm normalizes over every GPU's batch, which "

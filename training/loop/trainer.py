@@ -51,6 +51,7 @@ from model.networks import (
     use_sample_statistics,
 )
 from model.processing import decode_output, input_preview, rgb_to_lab
+from model.recalibration import recalibrate_batch_norm
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.config import SEMANTIC_LEVELS, Config, ConfigError, config_from_dict
 from training.data.datasets import PairedDataset, make_spec
@@ -187,6 +188,9 @@ R1_STAT = "D_r1"
 # With train.lambda_semantic: G's and D's cross-entropy under the segmenting discriminator, and
 # the share of real pixels it labels with their map's class.
 SEMANTIC_STATS = ("G_sem", "D_sem", "D_sem_acc")
+# Pairs per forward pass when train.recalibrate_bn re-estimates batch-norm statistics (eval
+# mode: the images of a batch do not mix).
+RECALIBRATION_BATCH = 16
 # Training images the color prior of the classification loss is counted over.
 PRIOR_IMAGES = 256
 # The Trainer's attributes whose state_dict a checkpoint's training state holds.
@@ -244,6 +248,13 @@ class Trainer:
             config.data, "train", self.spec, train=True, seed=config.seed
         )
         self.val_set = PairedDataset(config.data, "val", self.spec, train=False, seed=config.seed)
+        # train.recalibrate_bn: training pairs as they are served (whole, at the training size).
+        self.recalibration_set = None
+        if train.recalibrate_bn:
+            self.recalibration_set = PairedDataset(
+                config.data, "train", self.spec, train=False, seed=config.seed
+            )
+        self._recalibrated_at = -1
         batch_size = train.batch_size
         # batch_size is per process; one step consumes batch_size x world_size pairs.
         global_batch = batch_size * self.dist.world_size
@@ -609,6 +620,25 @@ class Trainer:
         for average, buffer in pairs:
             average.copy_(buffer)
 
+    def recalibrate_batch_norm(self) -> None:
+        """Set the served generator's batch-norm statistics to its own over training pairs as
+        served (``train.recalibrate_bn``; see ``model.recalibration``). In fp32, as served;
+        every rank runs it alike."""
+        if self.recalibration_set is None or self._recalibrated_at == self.step:
+            return
+        pairs = self.recalibration_set
+        indices = spread(min(self.config.train.recalibrate_bn, len(pairs)), len(pairs))
+
+        def batches() -> Iterator[torch.Tensor]:
+            for start in range(0, len(indices), RECALIBRATION_BATCH):
+                chunk = indices[start : start + RECALIBRATION_BATCH]
+                yield self._to_device(torch.stack([pairs[i]["A"] for i in chunk]))
+
+        recalibrate_batch_norm(self.servable_generator, batches)
+        self.generator.train()
+        self._recalibrated_at = self.step
+        logger.debug("batch-norm statistics re-estimated over %d training pairs", len(indices))
+
     @property
     def servable_generator(self) -> torch.nn.Module:
         """What validation, samples and checkpoints' model folders show: the average if kept."""
@@ -735,6 +765,7 @@ class Trainer:
         train mode needs all of them); rank 0 writes.
         """
         save_grid = save_grid and self.dist.is_main
+        self.recalibrate_batch_norm()
         generator = self.servable_generator
         apply_inference_mode(generator, self.spec.inference_mode)
         total, count, grid_rows = 0.0, 0, []
@@ -776,6 +807,7 @@ class Trainer:
         epoch = self.step // self.steps_per_epoch
         name = f"epoch_{epoch:04d}" if keep_as_epoch else f"step_{self.step:08d}"
 
+        self.recalibrate_batch_norm()
         # Each rank's RNG (its dropout stream), so that a resumed run continues every rank.
         rng_ranks = self.dist.gather(self._rng_state())
         if not self.dist.is_main:
