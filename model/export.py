@@ -23,6 +23,7 @@ from model.checkpoint import apply_inference_mode, load_generator, save_model_fo
 from model.errors import CheckpointError
 from model.files import make_readable
 from model.folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
+from model.recalibration import RECALIBRATION_BATCH, recalibrate_batch_norm
 from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime, load_model
 from model.spec import SPEC_FILENAME, GeneratorSpec
 
@@ -71,11 +72,14 @@ def export_model(
     int8: bool = False,
     calibration: np.ndarray | None = None,
     min_psnr: float = 40.0,
+    recalibration: np.ndarray | None = None,
 ) -> ExportResult:
     """Write ``out`` (spec.json + weights) from a run directory, checkpoint or model folder.
 
     ``int8`` (ONNX only) quantizes the convolutions, calibrated on ``calibration`` inputs
-    (N, C, H, W) in the network's input encoding; see ``model.quantize``.
+    (N, C, H, W) in the network's input encoding; see ``model.quantize``. ``recalibration``
+    inputs, in the same encoding, first set batch norm's statistics to the generator's own
+    over them (``model.recalibration``), for ``eval`` mode.
     """
     if format not in FORMATS:
         raise CheckpointError(f"unknown export format {format!r} (choose {', '.join(FORMATS)})")
@@ -87,6 +91,11 @@ def export_model(
     if inference_mode is not None:
         spec = dataclasses.replace(spec, inference_mode=inference_mode)
         apply_inference_mode(generator, inference_mode)
+    if recalibration is not None:
+        _recalibrate(generator, spec, recalibration)
+        spec = dataclasses.replace(
+            spec, extra={**spec.extra, "recalibrated_bn": len(recalibration)}
+        )
     out = Path(out)
     if format == "onnx" and spec.inference_mode == "train":  # int8 included
         raise CheckpointError(
@@ -138,6 +147,24 @@ def export_model(
     check = f"int8 PSNR {fidelity:.1f} dB" if fidelity is not None else f"parity {parity}"
     logger.info("exported %s to %s (%d bytes); %s", format, out, size, check)
     return ExportResult(out, format, parity, size, fidelity)
+
+
+def _recalibrate(generator: torch.nn.Module, spec: GeneratorSpec, inputs: np.ndarray) -> None:
+    if spec.inference_mode != "eval":
+        raise CheckpointError(
+            f"--recalibrate-bn sets batch norm's running statistics, which inference mode "
+            f"{spec.inference_mode!r} does not use (each image is normalized by its own): "
+            "export with --inference-mode eval, or without --recalibrate-bn"
+        )
+    if len(inputs) == 0:
+        raise CheckpointError("--recalibrate-bn found no inputs to measure the statistics on")
+    batches = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    if not recalibrate_batch_norm(generator, lambda: batches.split(RECALIBRATION_BATCH)):
+        raise CheckpointError(
+            f"--recalibrate-bn: this generator has no batch norm (norm "
+            f"{spec.architecture.norm!r}), so there are no statistics to measure"
+        )
+    apply_inference_mode(generator, "eval")
 
 
 def _export_int8(

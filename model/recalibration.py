@@ -24,6 +24,8 @@ from torch import nn
 from model.networks import use_sample_statistics
 
 NORM_KINDS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+# Inputs per forward pass (eval mode: the images of a batch do not mix).
+RECALIBRATION_BATCH = 16
 
 
 class _Measured(Exception):

@@ -118,19 +118,29 @@ def export(
     calibration: str | Path | None = None,
     calibration_images: int = 64,
     min_psnr: float = 40.0,
+    recalibrate_bn: int = 0,
 ) -> ExportResult:
     """Export a run's generator to a model folder, as ``pix2pix export``.
 
     ``format`` is ``safetensors``, ``onnx`` or ``torchscript``; ``out`` defaults to
     ``models/<source name>``. ``int8`` (ONNX only) calibrates on ``calibration`` (a dataset
     root or a folder of inputs; default the run's dataset) and refuses a model below
-    ``min_psnr`` dB against fp32. Returns the folder, its size and the parity checked.
+    ``min_psnr`` dB against fp32. ``recalibrate_bn`` > 0 first sets batch norm's statistics
+    to the generator's own over that many inputs of ``calibration`` (as
+    ``train.recalibrate_bn`` does in training; ``eval`` mode only). Returns the folder, its
+    size and the parity checked.
     """
+    from model.errors import CheckpointError
     from model.export import export_model
     from training.data.calibration import calibration_inputs
 
     out = Path(out) if out is not None else Path("models") / Path(source).name
     inputs = calibration_inputs(source, calibration, calibration_images) if int8 else None
+    if recalibrate_bn < 0:
+        raise CheckpointError(f"recalibrate_bn must be 0 (off) or more, got {recalibrate_bn}")
+    recalibration = None
+    if recalibrate_bn:
+        recalibration = calibration_inputs(source, calibration, recalibrate_bn, "--recalibrate-bn")
     return export_model(
         source,
         out,
@@ -140,6 +150,7 @@ def export(
         int8=int8,
         calibration=inputs,
         min_psnr=min_psnr,
+        recalibration=recalibration,
     )
 
 

@@ -221,6 +221,7 @@ def command_export(args: argparse.Namespace, extra: list[str]) -> int:
     from pix2pix.api import export
 
     names = ("half", "inference_mode", "int8", "calibration", "calibration_images", "min_psnr")
+    names += ("recalibrate_bn",)
     options = {name: getattr(args, name) for name in names}
     result = export(args.source, args.out, args.format, **options)
     if result.psnr is not None:
@@ -510,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=40.0,
         metavar="DB",
         help="refuse an int8 model below this PSNR against fp32 (default 40)",
+    )
+    export.add_argument(
+        "--recalibrate-bn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="eval mode: first set batch norm's statistics to the served weights' own over N "
+        "inputs of --calibration, dropout off (as train.recalibrate_bn does in training)",
     )
     export.set_defaults(handler=command_export)
 

@@ -6,11 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.checkpoint import latest_checkpoint, load_generator
+from model.checkpoint import latest_checkpoint, load_generator, save_model_folder
+from model.errors import CheckpointError
+from model.folders import load_spec
 from model.networks import UNetGenerator, init_weights
 from model.recalibration import batch_norms, recalibrate_batch_norm
+from model.runtime import load_model
+from model.spec import GeneratorArchitecture, GeneratorSpec
+from pix2pix.api import export
+from pix2pix.cli import main
 from tests.conftest import tiny_config
 from training.config import ConfigError
+from training.data.calibration import calibration_inputs
 from training.data.datasets import PairedDataset
 from training.loop.trainer import Trainer
 
@@ -112,3 +119,53 @@ def test_recalibration_without_running_statistics_to_serve_is_refused(
 def test_a_negative_count_is_refused(synth_labels, tmp_path):
     with pytest.raises(ConfigError, match="train.recalibrate_bn"):
         tiny_config(synth_labels, tmp_path, **{"train.recalibrate_bn": "-1"})
+
+
+# -- export: a run trained without it, recalibrated on the way out -----------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_run(synth_labels, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    config = tiny_config(synth_labels, runs, **{"train.ema_decay": "0.9", "train.max_steps": "6"})
+    Trainer(config, progress=False).train()
+    return config.run_dir
+
+
+def test_export_recalibrates_a_run_trained_without_it(plain_run, tmp_path):
+    inputs = torch.from_numpy(calibration_inputs(plain_run, None, 5))  # the run's own data
+    plain = export(plain_run, tmp_path / "plain")
+    result = export(plain_run, tmp_path / "recalibrated", recalibrate_bn=5)
+    assert load_spec(result.folder).extra["recalibrated_bn"] == 5
+    assert _standardized_outputs(load_generator(plain.folder)[0], inputs) > 0.05
+    assert _standardized_outputs(load_generator(result.folder)[0], inputs) < 1e-3
+    # ONNX carries the same statistics (export checks parity with the recalibrated weights).
+    onnx = export(plain_run, tmp_path / "onnx", "onnx", recalibrate_bn=5)
+    torch_out = load_model(result.folder, runtime="torch").runtime(inputs.numpy())
+    onnx_out = load_model(onnx.folder, runtime="onnx").runtime(inputs.numpy())
+    plain_out = load_model(plain.folder, runtime="torch").runtime(inputs.numpy())
+    assert abs(onnx_out - torch_out).max() < 1e-4 < abs(plain_out - torch_out).max()
+
+
+def test_export_cli_recalibrates_from_a_folder_of_inputs(plain_run, synth_labels, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["export", str(plain_run), "--out", str(out), "--recalibrate-bn", "3"]
+    assert main([*argv, "--calibration", str(synth_labels / "val" / "A")]) == 0
+    assert "exported safetensors" in capsys.readouterr().out
+    assert load_spec(out).extra["recalibrated_bn"] == 3
+
+
+def test_export_refuses_recalibration_it_cannot_serve(plain_run, synth_labels, tmp_path):
+    with pytest.raises(CheckpointError, match="inference mode 'sample' does not use"):
+        export(plain_run, tmp_path / "a", inference_mode="sample", recalibrate_bn=4)
+    with pytest.raises(CheckpointError, match="recalibrate_bn must be 0"):
+        export(plain_run, tmp_path / "b", recalibrate_bn=-1)
+    spec = GeneratorSpec(
+        GeneratorArchitecture(num_downs=5, base_width=8, norm="instance"), 3, 3, train_size=32
+    )
+    folder = save_model_folder(tmp_path / "instance", UNetGenerator(3, 3, 5, 8, "instance"), spec)
+    with pytest.raises(CheckpointError, match="needs calibration images"):
+        export(folder, tmp_path / "c", recalibrate_bn=4)  # a bare folder names no dataset
+    with pytest.raises(CheckpointError, match="no batch norm \\(norm 'instance'\\)"):
+        export(folder, tmp_path / "d", recalibrate_bn=4, calibration=synth_labels)
+    assert not any((tmp_path / name).exists() for name in "abcd")

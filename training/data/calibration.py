@@ -15,10 +15,12 @@ from training.config import load_config
 from training.data.datasets import PairedDataset, data_config_for
 
 
-def calibration_inputs(source: str | Path, root: str | Path | None, count: int) -> np.ndarray:
+def calibration_inputs(
+    source: str | Path, root: str | Path | None, count: int, purpose: str = "--int8"
+) -> np.ndarray:
     """The first ``count`` inputs of a dataset's train (else val, test) split, or of a folder of
     input images, prepared by the spec of the model at ``source``; by default the dataset the
-    run at ``source`` was trained on."""
+    run at ``source`` was trained on. ``purpose`` names the option in errors."""
     spec = load_spec(source)
     run_config = Path(source) / "config.toml"
     # A run's label colors are read as it read them in training (JPEG-ed maps need a tolerance).
@@ -29,8 +31,8 @@ def calibration_inputs(source: str | Path, root: str | Path | None, count: int) 
         root = trained_on.root if root is None else root
     if root is None:
         raise CheckpointError(
-            "--int8 needs calibration images: --calibration DIR (a dataset root or a folder of "
-            "input images)"
+            f"{purpose} needs calibration images: --calibration DIR (a dataset root or a folder "
+            "of input images)"
         )
     root = Path(root)
     splits = [split for split in ("train", "val", "test") if (root / split).is_dir()]

@@ -51,7 +51,7 @@ from model.networks import (
     use_sample_statistics,
 )
 from model.processing import decode_output, input_preview, rgb_to_lab
-from model.recalibration import recalibrate_batch_norm
+from model.recalibration import RECALIBRATION_BATCH, recalibrate_batch_norm
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.config import SEMANTIC_LEVELS, Config, ConfigError, config_from_dict
 from training.data.datasets import PairedDataset, make_spec
@@ -188,9 +188,6 @@ R1_STAT = "D_r1"
 # With train.lambda_semantic: G's and D's cross-entropy under the segmenting discriminator, and
 # the share of real pixels it labels with their map's class.
 SEMANTIC_STATS = ("G_sem", "D_sem", "D_sem_acc")
-# Pairs per forward pass when train.recalibrate_bn re-estimates batch-norm statistics (eval
-# mode: the images of a batch do not mix).
-RECALIBRATION_BATCH = 16
 # Training images the color prior of the classification loss is counted over.
 PRIOR_IMAGES = 256
 # The Trainer's attributes whose state_dict a checkpoint's training state holds.
