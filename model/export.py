@@ -164,7 +164,6 @@ def _recalibrate(generator: torch.nn.Module, spec: GeneratorSpec, inputs: np.nda
             f"--recalibrate-bn: this generator has no batch norm (norm "
             f"{spec.architecture.norm!r}), so there are no statistics to measure"
         )
-    apply_inference_mode(generator, "eval")
 
 
 def _export_int8(

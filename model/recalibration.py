@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from model.networks import use_sample_statistics
+from model.checkpoint import apply_inference_mode
 
 NORM_KINDS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 # Inputs per forward pass (eval mode: the images of a batch do not mix).
@@ -49,8 +49,7 @@ def recalibrate_batch_norm(
     norms = batch_norms(generator)
     if not norms:
         return 0
-    generator.eval()
-    use_sample_statistics(generator, False)
+    apply_inference_mode(generator, "eval")
     order: list[nn.Module] = []
     hooks = [
         norm.register_forward_pre_hook(lambda module, _args: order.append(module)) for norm in norms
@@ -62,12 +61,17 @@ def recalibrate_batch_norm(
             hook.remove()
     order = list(dict.fromkeys(order))  # a norm reached twice counts at its first use
     for norm in order:
-        totals: list[torch.Tensor] = []
+        # Per channel: the sum and the sum of squares of the input's values, and their count.
+        sums = torch.zeros(
+            2, norm.num_features, dtype=torch.float64, device=norm.running_mean.device
+        )
+        counted = [0]
 
-        def measure(_module, args, totals=totals):
+        def measure(_module, args, sums=sums, counted=counted):
             values = args[0].detach().double().transpose(0, 1).flatten(1)
-            totals.append(torch.stack([values.sum(1), values.square().sum(1)]))
-            totals.append(torch.tensor(values.shape[1], dtype=torch.float64))
+            sums[0] += values.sum(1)
+            sums[1] += values.square().sum(1)
+            counted[0] += values.shape[1]
             raise _Measured
 
         hook = norm.register_forward_pre_hook(measure)
@@ -77,8 +81,7 @@ def recalibrate_batch_norm(
                     generator(batch)
         finally:
             hook.remove()
-        sums = torch.stack(totals[0::2]).sum(0)
-        count = float(torch.stack(totals[1::2]).sum())
+        count = counted[0]
         mean = sums[0] / count
         variance = (sums[1] / count - mean.square()).clamp(min=0) * count / max(count - 1, 1)
         norm.running_mean.copy_(mean.to(norm.running_mean.dtype))
