@@ -25,7 +25,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.workers import inference_threads
 from model.errors import CheckpointError, SpecError
-from model.folders import model_files, model_version, resolve_model_folder
+from model.model_folders import model_files, model_version, resolve_model_folder
 from model.runtime import Runtime, load_model
 from model.spec import GeneratorSpec
 

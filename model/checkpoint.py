@@ -1,7 +1,7 @@
 """Checkpoint I/O: PyTorch weights written atomically (safetensors) and loaded safely.
 
-A training checkpoint is a model folder (see ``model.folders``) with extra files beside it,
-so any checkpoint can be served or exported as it is. The ``latest`` pointer is replaced
+A training checkpoint is a model folder (see ``model.model_folders``) with extra files beside
+it, so any checkpoint can be served or exported as it is. The ``latest`` pointer is replaced
 atomically, so a killed run never leaves a corrupt "latest".
 """
 
@@ -17,9 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from model.atomic_files import make_readable, replace_folder, write_atomic, write_text_atomic
 from model.errors import CheckpointError
-from model.files import make_readable, replace_folder, write_atomic, write_text_atomic
-from model.folders import (
+from model.model_folders import (
     CHECKPOINTS_DIR,
     GENERATOR_WEIGHTS,
     LATEST_POINTER,
@@ -102,7 +102,7 @@ def load_generator(
 ) -> tuple[nn.Module, GeneratorSpec]:
     """Rebuild the generator from a model folder, checkpoint or run directory.
 
-    Returns it in fp32 on ``device``, in the mode the spec asks for at inference.
+    Returns it in fp32 on ``device``, frozen, in the mode the spec asks for at inference.
     """
     folder = resolve_model_folder(path)
     spec = load_spec(folder)
@@ -122,14 +122,9 @@ def load_generator(
             f"{weights}: weights do not match {SPEC_FILENAME}: {error}"
         ) from error
     generator.to(device)
-    set_inference_mode(generator, spec)
-    return generator, spec
-
-
-def set_inference_mode(generator: nn.Module, spec: GeneratorSpec) -> None:
-    """Frozen, with batch norm and dropout as ``spec.inference_mode`` asks (see the spec)."""
     apply_inference_mode(generator, spec.inference_mode)
     generator.requires_grad_(False)
+    return generator, spec
 
 
 def apply_inference_mode(generator: nn.Module, mode: str) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.atomic_files import make_readable
 from model.checkpoint import apply_inference_mode, load_generator, save_model_folder
 from model.errors import CheckpointError
-from model.files import make_readable
-from model.folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
+from model.model_folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
 from model.recalibration import RECALIBRATION_BATCH, recalibrate_batch_norm
 from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime, load_model
 from model.spec import SPEC_FILENAME, GeneratorSpec

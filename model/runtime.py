@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from model.errors import CheckpointError
-from model.folders import (
+from model.model_folders import (
     GENERATOR_ONNX,
     GENERATOR_TORCHSCRIPT,
     GENERATOR_WEIGHTS,
@@ -253,10 +253,10 @@ def build_runtime(
         if not path.is_file():
             raise CheckpointError(f"{folder}: runtime torchscript needs {GENERATOR_TORCHSCRIPT}")
         return TorchScriptRuntime(path, device)
-    from model.checkpoint import load_generator, set_inference_mode
+    from model.checkpoint import apply_inference_mode, load_generator
 
     generator, _ = load_generator(folder, device)
-    set_inference_mode(generator, spec)  # the caller's spec may override the folder's mode
+    apply_inference_mode(generator, spec.inference_mode)  # the caller's spec may override it
     precision = "bf16" if name.endswith("bf16") else "fp16" if name.endswith("fp16") else "fp32"
     return TorchRuntime(generator, device, precision, compile=name.startswith("torch-compile"))
 

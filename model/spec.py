@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from model.atomic_files import write_text_atomic
 from model.errors import SpecError
-from model.files import write_text_atomic
 
 SPEC_VERSION = 1
 SPEC_FILENAME = "spec.json"

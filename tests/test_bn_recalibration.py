@@ -8,7 +8,7 @@ import torch
 
 from model.checkpoint import latest_checkpoint, load_generator, save_model_folder
 from model.errors import CheckpointError
-from model.folders import load_spec
+from model.model_folders import load_spec
 from model.networks import UNetGenerator, init_weights
 from model.recalibration import batch_norms, recalibrate_batch_norm
 from model.runtime import load_model

@@ -201,7 +201,7 @@ def served(versions, tmp_path):
 
 
 def version_of(folder: Path) -> str:
-    from model.folders import model_version
+    from model.model_folders import model_version
 
     return model_version(folder)
 

@@ -243,7 +243,7 @@ def test_a_failing_disk_write_keeps_the_previous_checkpoint_and_stops_clearly(
 def test_a_failing_latest_pointer_write_keeps_the_previous_latest(
     label_dataset, tmp_path, monkeypatch
 ):
-    import model.files
+    import model.atomic_files
 
     config = tiny_config(
         label_dataset, tmp_path, **{"data.input_kind": "label_map", "train.save_every": "2"}
@@ -259,10 +259,10 @@ def test_a_failing_latest_pointer_write_keeps_the_previous_latest(
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_fsync(fd)
 
-    monkeypatch.setattr(model.files.os, "fsync", failing_fsync)
+    monkeypatch.setattr(model.atomic_files.os, "fsync", failing_fsync)
     with pytest.raises(CheckpointError, match="Input/output error"):
         trainer.train()
-    monkeypatch.setattr(model.files.os, "fsync", real_fsync)
+    monkeypatch.setattr(model.atomic_files.os, "fsync", real_fsync)
     checkpoints = config.run_dir / "checkpoints"
     assert latest_checkpoint(checkpoints).name == "step_00000002"
     assert assert_latest_is_complete(config.run_dir) == 2

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from model.errors import CheckpointError, InputError
-from model.folders import load_spec
+from model.model_folders import load_spec
 from model.plan import fit_to_training_size
 from model.processing import encode_input, list_images, prepare_input
 from training.config import load_config

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from model.files import write_atomic
+from model.atomic_files import write_atomic
 from model.processing import IMAGE_SUFFIXES, list_images, to_rgb
 from training.errors import DataError
 

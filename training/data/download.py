@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from model.files import replace_folder
+from model.atomic_files import replace_folder
 from model.processing import IMAGE_SUFFIXES, list_images
 from training.errors import DataError
 

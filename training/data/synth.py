@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.files import write_atomic, write_text_atomic
+from model.atomic_files import write_atomic, write_text_atomic
 from model.spec import LabelClass
 from training.errors import DataError
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.folders import load_spec, resolve_model_folder
+from model.model_folders import load_spec, resolve_model_folder
 from model.processing import class_positions, input_preview
 from model.spec import GeneratorSpec
 from model.translate import Translator

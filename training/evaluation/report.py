@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from model.files import write_text_atomic
+from model.atomic_files import write_text_atomic
 from training.evaluation.evaluate import Evaluation
 
 # Display name and which way is better, in table order.

@@ -28,8 +28,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from model.atomic_files import write_text_atomic
 from model.checkpoint import save_tensors_atomic
-from model.files import write_text_atomic
 from model.networks import UNetGenerator, init_weights
 from model.processing import class_positions, encode_target
 from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass

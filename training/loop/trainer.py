@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from model.atomic_files import write_text_atomic
 from model.checkpoint import (
     CHECKPOINTS_DIR,
     GENERATOR_WEIGHTS,
@@ -41,7 +42,6 @@ from model.checkpoint import (
 )
 from model.color_bins import ab_bins
 from model.cpu_features import native_bf16
-from model.files import write_text_atomic
 from model.networks import (
     SemanticDiscriminator,
     build_discriminator,
