@@ -110,11 +110,13 @@ def _eight_bit(values: np.ndarray, full_scale: float) -> Image.Image:
     return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
 
 
-def label_ids_from_image(image: Image.Image, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
+def label_ids_from_image(
+    image: Image.Image, spec: GeneratorSpec, palette_tolerance: int | None = None
+) -> np.ndarray:
     """A label map image -> (H, W) uint8 class ids, checked against the spec's palette.
 
     Mode L or P images hold class ids as pixel values; RGB(A) images are color-coded and are
-    mapped through the palette's colors (within ``tolerance`` per channel, for JPEG-ed maps).
+    mapped through the palette's colors (see ``ids_from_colors`` for ``palette_tolerance``).
     """
     if image.mode in ("L", "P"):
         ids = np.asarray(image, dtype=np.uint8)
@@ -128,11 +130,31 @@ def label_ids_from_image(image: Image.Image, spec: GeneratorSpec, tolerance: int
             )
         return ids
     rgb = np.asarray(to_rgb(image), dtype=np.int16)
-    return ids_from_colors(rgb, spec, tolerance)
+    return ids_from_colors(rgb, spec, palette_tolerance)
 
 
-def ids_from_colors(rgb: np.ndarray, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
-    """Color-coded label map (H, W, 3) -> class ids; every color must be a palette color."""
+def resolve_palette_tolerance(spec: GeneratorSpec, palette_tolerance: int | None) -> int:
+    """The tolerance to read label colors with: the caller's when given, else the spec's."""
+    if palette_tolerance is None:
+        return spec.palette_tolerance
+    if isinstance(palette_tolerance, bool) or not isinstance(palette_tolerance, int | np.integer):
+        raise InputError(f"palette_tolerance must be a whole number, got {palette_tolerance!r}")
+    if not 0 <= palette_tolerance <= 255:
+        raise InputError(f"palette_tolerance must be in 0..255, got {palette_tolerance}")
+    return int(palette_tolerance)
+
+
+def ids_from_colors(
+    rgb: np.ndarray, spec: GeneratorSpec, palette_tolerance: int | None = None
+) -> np.ndarray:
+    """Color-coded label map (H, W, 3) -> class ids, each color read as its nearest palette
+    color (largest difference of a channel) when within ``palette_tolerance`` of it.
+
+    ``palette_tolerance`` None means the spec's, the tolerance the generator was trained with:
+    JPEG-ed maps drift from the palette, and 255 takes the nearest color whatever it is. A
+    color beyond the tolerance is refused, naming the most frequent such colors.
+    """
+    tolerance = resolve_palette_tolerance(spec, palette_tolerance)
     colors = np.array([c.color for c in spec.palette], dtype=np.int32)
     ids = np.array([c.id for c in spec.palette], dtype=np.uint8)
     # One int32 key per color: sorting and comparing keys is far faster than rows of three.
@@ -151,13 +173,26 @@ def ids_from_colors(rgb: np.ndarray, spec: GeneratorSpec, tolerance: int = 0) ->
     nearest = distance.argmin(axis=1)
     bad = distance[np.arange(len(unique)), nearest] > tolerance
     if bad.any():
-        shown = ", ".join(f"#{r:02x}{g:02x}{b:02x}" for r, g, b in unique_rgb[bad][:10])
-        raise InputError(
-            f"label map has {int(bad.sum())} color(s) not in the palette: {shown}"
-            + (f" (tolerance {tolerance})" if tolerance else "")
-        )
+        counts = np.bincount(inverse.reshape(-1), minlength=len(unique))
+        raise InputError(_unknown_colors_message(unique_rgb[bad], counts[bad], tolerance))
     result[~exact] = ids[nearest][inverse.reshape(-1)]
     return result.reshape(rgb.shape[:2])
+
+
+def _unknown_colors_message(colors: np.ndarray, counts: np.ndarray, tolerance: int) -> str:
+    """Why a label map was refused: how many colors and pixels, the most frequent colors."""
+    shown_count = 5
+    order = np.argsort(-counts, kind="stable")[:shown_count]
+    shown = ", ".join(
+        f"({r}, {g}, {b}) in {int(count)} pixel(s)"
+        for (r, g, b), count in zip(colors[order].tolist(), counts[order], strict=True)
+    )
+    more = f" and {len(colors) - shown_count} more" if len(colors) > shown_count else ""
+    return (
+        f"label map has {len(colors)} color(s) not in the palette in {int(counts.sum())} "
+        f"pixel(s), more than {tolerance} (the palette tolerance, per channel) from every "
+        f"palette color: {shown}{more}"
+    )
 
 
 def class_positions(palette: tuple[LabelClass, ...]) -> np.ndarray:
@@ -173,16 +208,19 @@ def _color_keys(colors: np.ndarray) -> np.ndarray:
     return (colors[:, 0] << 16) | (colors[:, 1] << 8) | colors[:, 2]
 
 
-def prepare_input(image: Image.Image, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
+def prepare_input(
+    image: Image.Image, spec: GeneratorSpec, palette_tolerance: int | None = None
+) -> np.ndarray:
     """A decoded input image -> the canonical uint8 array for the spec's input kind.
 
     photo: (H, W, 3) RGB, or (H, W) gray for one-channel photo models; grayscale with rgb color
     space: (H, W) gray; grayscale with lab: (H, W, 3) RGB (L is taken in ``encode_input``);
-    label_map: (H, W) class ids.
+    label_map: (H, W) class ids, colors read within ``palette_tolerance`` of the palette (None:
+    the spec's; see ``ids_from_colors``).
     """
     image = ImageOps.exif_transpose(image)
     if spec.input_kind == "label_map":
-        return label_ids_from_image(image, spec, tolerance)
+        return label_ids_from_image(image, spec, palette_tolerance)
     rgb = to_rgb(image)
     if spec.in_channels == 1 and spec.color_space == "rgb":
         return np.asarray(rgb.convert("L"), dtype=np.uint8)

@@ -39,6 +39,18 @@ def _require_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise SpecError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _check_palette_tolerance(tolerance: object, input_kind: str) -> None:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int):
+        raise SpecError(f"palette_tolerance must be a whole number, got {tolerance!r}")
+    if not 0 <= tolerance <= 255:
+        raise SpecError(f"palette_tolerance must be in 0..255, got {tolerance}")
+    if tolerance and input_kind != "label_map":
+        raise SpecError(
+            f"palette_tolerance ({tolerance}) applies to label maps only, "
+            f"not to {input_kind} inputs"
+        )
+
+
 @dataclass(frozen=True)
 class LabelClass:
     """One entry of a label palette: class index, human name, and display color."""
@@ -126,6 +138,10 @@ class GeneratorSpec:
       ``color_space`` is ``lab``) or ``label_map`` (class indices through ``palette``).
     - ``color_space``: ``rgb``, or ``lab`` for colorization (L in, ab out, recombined with L).
     - ``one_hot``: label maps enter the network as one channel per palette class.
+    - ``palette_tolerance``: how far (per channel, 0..255) a color-coded label map's colors
+      may stray from the palette and still count as its nearest color, as in training (JPEG-ed
+      maps drift; 255 takes the nearest color whatever it is). A spec without it means 0,
+      and one at 0 is written without it.
     - ``value_range``: the range of image tensors at the network's boundary.
     - ``train_size``: the crop size the generator was trained on.
     - ``pad_multiple``: inputs are padded (by reflection) to a multiple of this and cropped back.
@@ -142,6 +158,7 @@ class GeneratorSpec:
     color_space: ColorSpace = "rgb"
     palette: tuple[LabelClass, ...] = ()
     one_hot: bool = False
+    palette_tolerance: int = 0
     value_range: tuple[float, float] = (-1.0, 1.0)
     train_size: int = 256
     pad_multiple: int = 256
@@ -171,6 +188,7 @@ class GeneratorSpec:
                     f"one_hot={self.one_hot} takes {expected} input channels, "
                     f"not {self.in_channels}"
                 )
+        _check_palette_tolerance(self.palette_tolerance, self.input_kind)
         if self.architecture.spade and self.input_kind == "label_map" and not self.one_hot:
             raise SpecError("a spade generator on label maps needs them one-hot, not as ids")
         if self.color_space == "lab":
@@ -205,6 +223,8 @@ class GeneratorSpec:
                 del data["architecture"][key]
         if not self.architecture.spade:
             del data["architecture"]["spade"]
+        if not self.palette_tolerance:
+            del data["palette_tolerance"]
         return data
 
     @classmethod

@@ -22,7 +22,9 @@ ImageInput = Image.Image | np.ndarray | str | os.PathLike
 ARRAY_CHANNELS = (1, 3, 4)
 
 
-def read_input(path: str | os.PathLike, spec: GeneratorSpec, tolerance: int = 0) -> np.ndarray:
+def read_input(
+    path: str | os.PathLike, spec: GeneratorSpec, palette_tolerance: int | None = None
+) -> np.ndarray:
     """An image file -> the canonical input array (see ``prepare_input``).
 
     A missing file raises ``FileNotFoundError``; a file that is not an image, or not one this
@@ -35,7 +37,7 @@ def read_input(path: str | os.PathLike, spec: GeneratorSpec, tolerance: int = 0)
         raise InputError(f"{path}: is a folder, not an image (pix2pix translate reads folders)")
     try:
         with Image.open(path) as image:
-            return prepare_input(image, spec, tolerance)
+            return prepare_input(image, spec, palette_tolerance)
     except (UnidentifiedImageError, OSError, InputError, Image.DecompressionBombError) as error:
         raise InputError(f"{path}: {error}") from error
 
@@ -124,18 +126,20 @@ class Translator:
             for plan, array in zip(plans, arrays, strict=True)
         ]
 
-    def translate(self, image: Image.Image, resize: str = "pad", tolerance: int = 0) -> Image.Image:
-        array = prepare_input(image, self.spec, tolerance)
+    def translate(
+        self, image: Image.Image, resize: str = "pad", palette_tolerance: int | None = None
+    ) -> Image.Image:
+        array = prepare_input(image, self.spec, palette_tolerance)
         return Image.fromarray(self.translate_arrays([array], resize)[0])
 
-    def prepare(self, image: ImageInput, tolerance: int = 0) -> np.ndarray:
+    def prepare(self, image: ImageInput, palette_tolerance: int | None = None) -> np.ndarray:
         """One input of any accepted kind -> the canonical array ``translate_arrays`` takes."""
         if isinstance(image, Image.Image):
-            return prepare_input(image, self.spec, tolerance)
+            return prepare_input(image, self.spec, palette_tolerance)
         if isinstance(image, np.ndarray):
-            return prepare_input(image_from_array(image), self.spec, tolerance)
+            return prepare_input(image_from_array(image), self.spec, palette_tolerance)
         if isinstance(image, str | os.PathLike):
-            return read_input(image, self.spec, tolerance)
+            return read_input(image, self.spec, palette_tolerance)
         raise TypeError(
             f"cannot translate a {type(image).__name__}: give a PIL image, a uint8 numpy "
             "array, an image file's path, or a list of them"
@@ -143,33 +147,37 @@ class Translator:
 
     @overload
     def __call__(
-        self, images: Image.Image | str | os.PathLike, resize: str = ..., tolerance: int = ...
+        self,
+        images: Image.Image | str | os.PathLike,
+        resize: str = ...,
+        palette_tolerance: int | None = ...,
     ) -> Image.Image: ...
     @overload
     def __call__(
-        self, images: np.ndarray, resize: str = ..., tolerance: int = ...
+        self, images: np.ndarray, resize: str = ..., palette_tolerance: int | None = ...
     ) -> np.ndarray: ...
     @overload
     def __call__(
         self,
         images: list[ImageInput] | tuple[ImageInput, ...],
         resize: str = ...,
-        tolerance: int = ...,
+        palette_tolerance: int | None = ...,
     ) -> list[Image.Image | np.ndarray]: ...
-    def __call__(self, images, resize: str = "pad", tolerance: int = 0):
+    def __call__(self, images, resize: str = "pad", palette_tolerance: int | None = None):
         """Translate one input, or a list of them as batches; the output has the input's size.
 
         A PIL image or a path gives a PIL image (RGB); a uint8 array gives a uint8 (H, W, 3)
         RGB array; a list gives a list, item by item. ``resize`` ``pad`` runs at the input's
-        size, ``fit`` at the training size (resized back after). ``tolerance`` is how far a
-        color-coded label map's colors may stray from the palette, per channel.
+        size, ``fit`` at the training size (resized back after). ``palette_tolerance`` is how far
+        a color-coded label map's colors may stray from the palette, per channel (0..255; None:
+        the spec's, as the generator was trained).
         """
         if not isinstance(images, list | tuple):
-            return self._translate_all([images], resize, tolerance)[0]
-        return self._translate_all(list(images), resize, tolerance, numbered=True)
+            return self._translate_all([images], resize, palette_tolerance)[0]
+        return self._translate_all(list(images), resize, palette_tolerance, numbered=True)
 
     def _translate_all(
-        self, images: list, resize: str, tolerance: int, numbered: bool = False
+        self, images: list, resize: str, palette_tolerance: int | None, numbered: bool = False
     ) -> list:
         outputs: list[Image.Image | np.ndarray] = []
         # A bounded number of decoded images at a time, so a long list of paths fits in memory.
@@ -179,7 +187,7 @@ class Translator:
             arrays = []
             for index, image in enumerate(group, start):
                 try:
-                    arrays.append(self.prepare(image, tolerance))
+                    arrays.append(self.prepare(image, palette_tolerance))
                 except (InputError, TypeError) as error:
                     if not numbered or isinstance(image, str | os.PathLike):
                         raise  # alone, or named by its path already

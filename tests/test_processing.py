@@ -70,19 +70,21 @@ def test_color_coded_label_map_maps_through_palette():
 
 def test_color_tolerance_allows_jpeg_noise_only_when_asked():
     rgb = np.full((2, 2, 3), (3, 250, 2), dtype=np.uint8)
-    with pytest.raises(InputError, match="not in the palette: #03fa02"):
+    with pytest.raises(InputError, match=r"palette color: \(3, 250, 2\) in 4 pixel\(s\)$"):
         prepare_input(Image.fromarray(rgb), spec_for("label_map"))
-    assert prepare_input(Image.fromarray(rgb), spec_for("label_map"), tolerance=6).tolist() == [
-        [3, 3],
-        [3, 3],
-    ]
+    ids = prepare_input(Image.fromarray(rgb), spec_for("label_map"), palette_tolerance=6)
+    assert ids.tolist() == [[3, 3], [3, 3]]
 
 
 def test_exact_and_noisy_colors_in_one_label_map_each_find_their_class():
     rgb = np.array([[[0, 0, 255], [2, 252, 1]], [[128, 128, 128], [130, 126, 129]]], dtype=np.uint8)
-    ids = prepare_input(Image.fromarray(rgb), spec_for("label_map"), tolerance=4)
+    ids = prepare_input(Image.fromarray(rgb), spec_for("label_map"), palette_tolerance=4)
     assert ids.tolist() == [[0, 3], [7, 7]]
-    with pytest.raises(InputError, match=r"2 color\(s\) not in the palette: #02fc01, #827e81$"):
+    with pytest.raises(
+        InputError,
+        match=r"2 color\(s\) not in the palette in 2 pixel\(s\), more than 0 .*: "
+        r"\(2, 252, 1\) in 1 pixel\(s\), \(130, 126, 129\) in 1 pixel\(s\)$",
+    ):
         prepare_input(Image.fromarray(rgb), spec_for("label_map"))
 
 
