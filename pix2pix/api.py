@@ -167,12 +167,15 @@ def evaluate(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = False,
-    palette_tolerance: int = 0,
+    palette_tolerance: int | None = None,
     inference_mode: str | None = None,
 ) -> Evaluation:
     """Score a generator on a dataset split, as ``pix2pix evaluate``; returns the
     ``Evaluation`` (``metrics``, ``per_class``, ``count``...) and, unless ``out`` is None,
-    writes the report there (``metrics.json``, ``index.html``, figures)."""
+    writes the report there (``metrics.json``, ``index.html``, figures).
+
+    ``palette_tolerance`` is how far (per channel, 0..255) the split's label colors may stray
+    from the palette; None reads them as the model's spec says it was trained."""
     from model.runtime import resolve_device
     from training.evaluation.evaluate import evaluate_model
     from training.evaluation.report import write_report

@@ -23,8 +23,9 @@ def calibration_inputs(
     run at ``source`` was trained on. ``purpose`` names the option in errors."""
     spec = load_spec(source)
     run_config = Path(source) / "config.toml"
-    # A run's label colors are read as it read them in training (JPEG-ed maps need a tolerance).
-    tolerance = 0
+    # A run's label colors are read as it read them in training (JPEG-ed maps need a tolerance);
+    # a model folder's as its spec says.
+    tolerance: int | None = None
     if run_config.is_file():
         trained_on = load_config(run_config).data
         tolerance = trained_on.palette_tolerance

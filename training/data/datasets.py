@@ -172,10 +172,13 @@ def make_spec(config: Config) -> GeneratorSpec:
     data, generator = config.data, config.generator
     palette: tuple[LabelClass, ...] = ()
     one_hot = False
+    palette_tolerance = 0
     color_space = "rgb"
     if data.input_kind == "label_map":
         palette = load_palette(data)
         one_hot = data.one_hot
+        # Recorded so that translate and the service read label colors as training did.
+        palette_tolerance = data.palette_tolerance
         in_channels = len(palette) if one_hot else 1
         out_channels = 3
     elif data.input_kind == "grayscale":
@@ -201,6 +204,7 @@ def make_spec(config: Config) -> GeneratorSpec:
             color_space=color_space,  # type: ignore[arg-type]
             palette=palette,
             one_hot=one_hot,
+            palette_tolerance=palette_tolerance,
             train_size=data.crop_size,
             pad_multiple=2**generator.num_downs,
             inference_mode=generator.inference_mode,  # type: ignore[arg-type]
@@ -290,13 +294,14 @@ class PairedDataset(Dataset):
 
 
 def data_config_for(
-    spec: GeneratorSpec, root: str | Path, split: str, palette_tolerance: int = 0
+    spec: GeneratorSpec, root: str | Path, split: str, palette_tolerance: int | None = None
 ) -> DataConfig:
     """A DataConfig that reads ``root`` the way the model was trained, at its training size.
 
     The layout is read from the folder: ``<split>/A`` and ``<split>/B`` mean folders; photos
     directly in ``<split>/`` mean colorization for grayscale models and aligned pairs otherwise.
-    ``palette_tolerance`` maps JPEG-ed label colors to the nearest palette color within it.
+    ``palette_tolerance`` maps JPEG-ed label colors to the nearest palette color within it
+    (None: the spec's, the tolerance the model was trained with).
     """
     root = Path(root)
     split_dir = root / split
@@ -314,7 +319,9 @@ def data_config_for(
         direction=spec.direction,
         input_kind=spec.input_kind,
         one_hot=spec.one_hot,
-        palette_tolerance=palette_tolerance,
+        palette_tolerance=(
+            spec.palette_tolerance if palette_tolerance is None else palette_tolerance
+        ),
         color_space=spec.color_space,
         load_size=spec.train_size,
         crop_size=spec.train_size,

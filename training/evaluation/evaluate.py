@@ -244,10 +244,13 @@ def evaluate_model(
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = False,
-    palette_tolerance: int = 0,
+    palette_tolerance: int | None = None,
     inference_mode: str | None = None,
 ) -> Evaluation:
     """Score one generator on ``data_root``'s ``split``; see the module docstring.
+
+    ``palette_tolerance`` reads the split's label colors within it of the palette (None: the
+    spec's, as the model was trained).
 
     ``inference_mode`` runs it in another mode than its spec's (eval, sample or train), to see
     which suits the data; the evaluation's name then says the mode."""
