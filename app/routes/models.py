@@ -58,6 +58,10 @@ class ModelInfo(BaseModel):
     in_channels: int | None
     out_channels: int | None
     palette: list[PaletteEntry]
+    palette_tolerance: int | None = Field(
+        description="how far (per channel, 0..255) an uploaded label map's colors may stray "
+        "from the palette and still be read as the nearest palette color, as in training"
+    )
     description: str | None = Field(
         description="what the model was trained on and how, as its training config says"
     )
@@ -106,6 +110,7 @@ def describe(served: ServedModel) -> ModelInfo:
             PaletteEntry(id=c.id, name=c.name, color=c.color)
             for c in (spec.palette if spec else ())
         ],
+        palette_tolerance=spec.palette_tolerance if spec else None,
         description=(str(spec.extra.get("description") or "") or None) if spec else None,
         train_size=spec.train_size if spec else None,
         pad_multiple=spec.pad_multiple if spec else None,
@@ -210,7 +215,7 @@ async def translate(
     request.state.input_size = f"{width}x{height}"
     request.state.model_version = served.version
     array, plan = await workers.run(
-        ticket, ticket.pixels, _prepare, opened, spec, settings, resize.value
+        ticket, ticket.pixels, _prepare, opened, spec, settings, resize.value, image.filename
     )
     try:
         batch_size, inference_ms = await _run(served, plan, settings, workers, ticket)
@@ -242,13 +247,17 @@ def _open(data: bytes, settings: Settings) -> Image.Image:
     return open_upload(data, settings.max_side, settings.max_pixels)
 
 
-def _prepare(opened: Image.Image, spec, settings: Settings, resize: str):
-    """An opened upload -> (canonical input array, its translation plan)."""
+def _prepare(opened: Image.Image, spec, settings: Settings, resize: str, filename: str | None):
+    """An opened upload -> (canonical input array, its translation plan).
+
+    Label colors are read within the spec's palette tolerance, as the model was trained.
+    """
     decoded = load_upload(opened)
     try:
         array = prepare_input(decoded, spec)
     except InputError as error:
-        raise ApiError(422, "invalid_input", str(error)) from None
+        named = f"{filename}: {error}" if filename else str(error)
+        raise ApiError(422, "invalid_input", named) from None
     encoded = encode_input(array, spec)
     plan = plan_translation(encoded, spec, resize, settings.tile_size, settings.tile_overlap)
     return array, plan
