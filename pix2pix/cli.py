@@ -160,7 +160,7 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
     with tqdm(total=len(pairs), desc="translate", unit="image", disable=args.quiet) as bar:
         for source, target in pairs:
             try:
-                array = read_input(source, translator.spec, args.tolerance)
+                array = read_input(source, translator.spec, args.palette_tolerance)
             except (InputError, OSError) as error:  # each names the file
                 report(source, str(error))
                 bar.update()
@@ -403,7 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("pad", "fit"),
         help="pad: keep the size (pad to the network multiple); fit: resize to the training size",
     )
-    translate.add_argument("--tolerance", type=int, default=0, help="label-color tolerance")
+    translate.add_argument(
+        "--palette-tolerance",
+        type=int,
+        default=None,
+        help="label maps: accept colors this far (per channel, 0..255) from a palette color "
+        "(default: the tolerance the model was trained with, from its spec)",
+    )
     translate.add_argument(
         "--batch-size", type=int, default=8, help="images of one size, or tiles, run together"
     )
@@ -564,9 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--palette-tolerance",
             type=int,
-            default=0,
+            default=None,
             help="label maps: accept colors this far (per channel) from a palette color, as "
-            "data.palette_tolerance (255 = nearest; for JPEG-ed maps such as facades)",
+            "data.palette_tolerance (255 = nearest; default: the model's spec's)",
         )
         command.add_argument(
             "--inference-mode",
