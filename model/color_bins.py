@@ -1,11 +1,9 @@
-"""Colorization as classification: the in-gamut ab bins and the head that decodes bin logits.
+"""Colorization as classification: the in-gamut ab bins and the lookup from ab to bin.
 
-Zhang, Isola and Efros ("Colorful Image Colorization", 2016) predict, at every pixel, a
-distribution over quantized ab values instead of regressing ab: a regression loss is minimised
-by the mean of the plausible colors, which for most objects is a desaturated brown. A generator
-whose spec names ``head = "ab_bins"`` ends in ``AnnealedMean``, which turns its bin logits back
-into the two ab channels of a plain Lab generator, so export, serving and evaluation see the
-same contract as for the regression head.
+Zhang, Isola and Efros ("Colorful Image Colorization", 2016) quantize ab into cells and keep
+those that real colors fall in. The generator that predicts one logit per bin and its decoding
+head live in ``model.networks`` (``BinnedColorGenerator``, ``AnnealedMean``); the
+classification loss's soft targets in ``training.loop.color_loss``.
 """
 
 from __future__ import annotations
@@ -13,16 +11,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional
 
-from model.networks import UNetGenerator
-from model.processing import AB_SCALE, rgb_to_lab
+from model.processing import rgb_to_lab
 
-# The paper's grid spacing (Lab units) and decoding temperature.
+# The paper's grid spacing (Lab units).
 AB_GRID = 10
-TEMPERATURE = 0.38
 
 
 @functools.cache
@@ -68,71 +61,3 @@ def bin_lookup(grid: int = AB_GRID) -> tuple[np.ndarray, int]:
     table = np.full((2 * offset + 1, 2 * offset + 1), -1, dtype=np.int64)
     table[cells[:, 0] + offset, cells[:, 1] + offset] = np.arange(len(cells))
     return table, offset
-
-
-class AnnealedMean(nn.Module):
-    """Bin logits (N, Q, H, W) -> ab (N, 2, H, W) scaled as the spec's ab (Lab / AB_SCALE).
-
-    The mean of the bin centers under softmax(logits / T): T = 1 is the distribution's mean
-    (smooth but desaturated, like regression), T -> 0 its mode (vivid but blotchy); the paper's
-    T = 0.38 sits between. The centers are a buffer, so the weights carry their own bins.
-    """
-
-    def __init__(self, centers: torch.Tensor, temperature: float = TEMPERATURE):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
-        self.register_buffer("centers", (centers.float() / AB_SCALE).contiguous())  # (Q, 2)
-
-    def forward(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        temperature = self.temperature if temperature is None else temperature
-        # Bins last: for channels_last logits that is their memory order, so the softmax and
-        # the product run on contiguous rows without a copy. Softmax in fp32: bf16 logits over
-        # T < 1 lose the small differences that decide.
-        scores = logits.permute(0, 2, 3, 1).float()
-        probabilities = functional.softmax(scores / temperature, dim=-1)
-        return (probabilities @ self.centers).permute(0, 3, 1, 2)
-
-
-class BinnedColorGenerator(UNetGenerator):
-    """The U-Net predicting one logit per ab bin at half resolution, decoded by ``AnnealedMean``
-    and upsampled bilinearly to the input's size.
-
-    The logits come from the decoder's last level through a 1x1 convolution (``classifier``),
-    in place of the plain U-Net's full-resolution output layer: with 261 outputs that layer
-    alone cost twice the rest of a 128 px, width-16 U-Net. Chroma carries little fine detail
-    (JPEG stores it at half resolution too, and Zhang et al. predict at a quarter); the sharp
-    edges come from L.
-
-    ``forward(x)`` returns ab, like any Lab generator; ``forward(x, logits=True)`` returns the
-    bin logits (N, Q, H/2, W/2) that training's classification loss needs, asked through
-    ``forward`` so that DDP and torch.compile wrappers see the call; ``decode`` turns them into
-    the ab that ``forward`` returns.
-    """
-
-    def __init__(self, grid: int = AB_GRID, temperature: float = TEMPERATURE, **shape):
-        """``shape``: the U-Net's keyword arguments but its channels (L in, ab out)."""
-        super().__init__(in_channels=1, out_channels=2, **shape)
-        centers = torch.from_numpy(ab_bins(grid))
-        self.output = nn.ReLU(inplace=True)
-        self.classifier = nn.Conv2d(self.outer_width, len(centers), kernel_size=1)
-        self.head = AnnealedMean(centers, temperature)
-
-    @property
-    def num_bins(self) -> int:
-        return self.head.centers.shape[0]
-
-    def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """Bin logits at half resolution -> ab at full resolution."""
-        ab = self.head(logits)
-        return functional.interpolate(ab, scale_factor=2, mode="bilinear", align_corners=False)
-
-    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        features = super().forward(x).permute(0, 2, 3, 1)
-        # The 1x1 convolution as a product over channels-last rows: oneDNN's 1x1 convolution
-        # with hundreds of outputs fell back to a slow kernel, and the bins come out last,
-        # where the softmax wants them.
-        weight = self.classifier.weight.flatten(1)
-        scores = functional.linear(features, weight, self.classifier.bias).permute(0, 3, 1, 2)
-        return scores if logits else self.decode(scores)

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from model.checkpoint import load_generator, save_model_folder
-from model.color_bins import AB_GRID, AnnealedMean, ab_bins
+from model.color_bins import AB_GRID, ab_bins
 from model.errors import SpecError
 from model.export import export_model
-from model.networks import UNetGenerator, build_generator, init_weights
+from model.networks import AnnealedMean, UNetGenerator, build_generator, init_weights
 from model.processing import AB_SCALE, rgb_to_lab
 from model.runtime import load_model
 from model.spec import GeneratorArchitecture, GeneratorSpec

@@ -1,7 +1,8 @@
 """The pix2pix networks, chosen by name: ``build_generator`` and ``build_discriminator``.
 
-- ``generators``: the U-Net generator and its encoder and decoder blocks.
+- ``generators``: the U-Net generator, its encoder and decoder blocks, the colour-bin U-Net.
 - ``discriminators``: the conditional PatchGAN, the multi-scale PatchGAN, the semantic one.
+- ``heads``: ``AnnealedMean``, which decodes colour-bin logits into ab.
 - ``normalization``: the norms by name, per-sample batch norm, demodulation, SPADE.
 - ``upsampling``: the decoder's transposed convolution or ``ResizeConv``.
 - ``initialization``: the paper's init, spectral normalization, parameter counts.
@@ -13,7 +14,14 @@ from model.networks.discriminators import (
     SemanticDiscriminator,
     build_discriminator,
 )
-from model.networks.generators import DownBlock, UNetGenerator, UpBlock, build_generator
+from model.networks.generators import (
+    BinnedColorGenerator,
+    DownBlock,
+    UNetGenerator,
+    UpBlock,
+    build_generator,
+)
+from model.networks.heads import TEMPERATURE, AnnealedMean
 from model.networks.initialization import count_parameters, init_weights, spectral_normalize
 from model.networks.normalization import (
     BatchNorm,
@@ -28,7 +36,10 @@ from model.networks.normalization import (
 from model.networks.upsampling import ResizeConv, upsampling
 
 __all__ = [
+    "TEMPERATURE",
+    "AnnealedMean",
     "BatchNorm",
+    "BinnedColorGenerator",
     "Demodulated",
     "DownBlock",
     "MultiScaleDiscriminator",

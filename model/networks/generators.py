@@ -1,12 +1,15 @@
-"""The generators: the pix2pix U-Net, its encoder and decoder blocks, and ``build_generator``
-that makes the one a spec's architecture names."""
+"""The generators: the pix2pix U-Net, its encoder and decoder blocks, the U-Net that predicts
+colour bins, and ``build_generator`` that makes the one a spec's architecture names."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional
 
+from model.color_bins import AB_GRID, ab_bins
 from model.fast_paths import convolution, dense_gradient
+from model.networks.heads import TEMPERATURE, AnnealedMean
 from model.networks.normalization import (
     SpatiallyAdaptiveNorm,
     conv_bias,
@@ -146,6 +149,49 @@ class UNetGenerator(nn.Module):
         return self.output(x)
 
 
+class BinnedColorGenerator(UNetGenerator):
+    """The U-Net predicting one logit per ab bin at half resolution, decoded by ``AnnealedMean``
+    and upsampled bilinearly to the input's size.
+
+    The logits come from the decoder's last level through a 1x1 convolution (``classifier``),
+    in place of the plain U-Net's full-resolution output layer: with 261 outputs that layer
+    alone cost twice the rest of a 128 px, width-16 U-Net. Chroma carries little fine detail
+    (JPEG stores it at half resolution too, and Zhang et al. predict at a quarter); the sharp
+    edges come from L.
+
+    ``forward(x)`` returns ab, like any Lab generator; ``forward(x, logits=True)`` returns the
+    bin logits (N, Q, H/2, W/2) that training's classification loss needs, asked through
+    ``forward`` so that DDP and torch.compile wrappers see the call; ``decode`` turns them into
+    the ab that ``forward`` returns.
+    """
+
+    def __init__(self, grid: int = AB_GRID, temperature: float = TEMPERATURE, **shape):
+        """``shape``: the U-Net's keyword arguments but its channels (L in, ab out)."""
+        super().__init__(in_channels=1, out_channels=2, **shape)
+        centers = torch.from_numpy(ab_bins(grid))
+        self.output = nn.ReLU(inplace=True)
+        self.classifier = nn.Conv2d(self.outer_width, len(centers), kernel_size=1)
+        self.head = AnnealedMean(centers, temperature)
+
+    @property
+    def num_bins(self) -> int:
+        return self.head.centers.shape[0]
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """Bin logits at half resolution -> ab at full resolution."""
+        ab = self.head(logits)
+        return functional.interpolate(ab, scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        features = super().forward(x).permute(0, 2, 3, 1)
+        # The 1x1 convolution as a product over channels-last rows: oneDNN's 1x1 convolution
+        # with hundreds of outputs fell back to a slow kernel, and the bins come out last,
+        # where the softmax wants them.
+        weight = self.classifier.weight.flatten(1)
+        scores = functional.linear(features, weight, self.classifier.bias).permute(0, 3, 1, 2)
+        return scores if logits else self.decode(scores)
+
+
 def build_generator(architecture: GeneratorArchitecture, in_channels: int, out_channels: int):
     """The generator described by a spec's architecture (weights uninitialized)."""
     shape = {
@@ -156,9 +202,6 @@ def build_generator(architecture: GeneratorArchitecture, in_channels: int, out_c
         "upsample": architecture.upsample,
     }
     if architecture.head == "ab_bins":
-        # Imported here: color_bins builds on this module's U-Net.
-        from model.color_bins import BinnedColorGenerator
-
         return BinnedColorGenerator(
             **shape, grid=architecture.ab_grid, temperature=architecture.temperature
         )

@@ -4,8 +4,8 @@ Zhang, Isola and Efros, "Colorful Image Colorization" (2016), section 2: each ta
 spread over its nearest bins by a Gaussian (a soft one-hot that tells near misses from far
 ones), and each pixel's cross-entropy is multiplied by a factor that grows as its color gets
 rarer. Without that factor the loss is ruled by the grays, browns and blue skies that cover
-most pixels, and rare saturated colors are never predicted. The bins and the decoding head
-live in ``model.color_bins``.
+most pixels, and rare saturated colors are never predicted. The bins live in
+``model.color_bins``, the decoding head in ``model.networks.heads``.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class ColorClassificationLoss:
             )
         indices, probabilities = self.soft_targets(target)
         weighted = probabilities * self.weights[indices[..., :1]]
-        # Bins last, as in model.color_bins.AnnealedMean: no copy for channels_last logits.
+        # Bins last, as in model.networks.heads.AnnealedMean: no copy for channels_last logits.
         scores = logits.permute(0, 2, 3, 1)
         # The rebalanced soft targets of a logit pixel's cell, summed into one dense target:
         # the cross-entropy is linear in its target, so this is the sum over the cell.
