@@ -1,11 +1,20 @@
-"""The U-Net generator and PatchGAN discriminator: sizes, shapes, init, receptive fields, and
-the training fast paths they ask for (model/fast_paths.py) against the stock operators."""
+"""The U-Net generator and the discriminators: sizes, shapes, init, receptive fields, building
+a discriminator by name, and the training fast paths they ask for (model/fast_paths.py) against
+the stock operators."""
 
 import pytest
 import torch
 
 from model import fast_paths
-from model.networks import PatchDiscriminator, UNetGenerator, count_parameters, init_weights
+from model.networks import (
+    MultiScaleDiscriminator,
+    PatchDiscriminator,
+    SemanticDiscriminator,
+    UNetGenerator,
+    build_discriminator,
+    count_parameters,
+    init_weights,
+)
 
 
 def test_paper_generator_has_reference_parameter_count():
@@ -186,3 +195,41 @@ def test_fast_paths_leave_other_convolution_shapes_to_the_layer(monkeypatch):
         layer.train()
         torch.testing.assert_close(fast_paths.convolution(layer, x), layer(x), rtol=0, atol=0)
     assert not calls
+
+
+def test_build_discriminator_makes_the_semantic_discriminator_by_name():
+    torch.manual_seed(0)
+    built = build_discriminator(
+        in_channels=3, kind="semantic", num_classes=5, base_width=4, levels=2
+    )
+    torch.manual_seed(0)
+    direct = SemanticDiscriminator(3, num_classes=5, base_width=4, levels=2)
+    assert isinstance(built, SemanticDiscriminator)
+    assert built.state_dict().keys() == direct.state_dict().keys()
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(built.state_dict()[name], tensor), name
+    assert built(torch.randn(2, 3, 16, 16)).shape == (2, 6, 16, 16)
+
+
+def test_build_discriminator_makes_a_patchgan_by_default():
+    assert isinstance(build_discriminator(in_channels=6, base_width=4), PatchDiscriminator)
+    assert isinstance(
+        build_discriminator(in_channels=6, kind="patch", base_width=4, num_scales=2),
+        MultiScaleDiscriminator,
+    )
+
+
+def test_unknown_discriminator_kind_names_the_known_kinds():
+    with pytest.raises(
+        ValueError, match=r"unknown discriminator kind 'style'.*'patch', 'semantic'"
+    ):
+        build_discriminator(in_channels=6, kind="style")
+
+
+def test_discriminator_options_must_belong_to_their_kind():
+    with pytest.raises(ValueError, match="'semantic' discriminator does not take n_layers, norm"):
+        build_discriminator(in_channels=3, kind="semantic", num_classes=5, n_layers=3, norm="batch")
+    with pytest.raises(ValueError, match="'semantic' discriminator needs num_classes"):
+        build_discriminator(in_channels=3, kind="semantic")
+    with pytest.raises(ValueError, match="'patch' discriminator does not take levels"):
+        build_discriminator(in_channels=6, levels=2)

@@ -9,10 +9,12 @@
 """
 
 from model.networks.discriminators import (
+    DISCRIMINATORS,
     MultiScaleDiscriminator,
     PatchDiscriminator,
     SemanticDiscriminator,
     build_discriminator,
+    patch_discriminator,
 )
 from model.networks.generators import (
     BinnedColorGenerator,
@@ -36,6 +38,7 @@ from model.networks.normalization import (
 from model.networks.upsampling import ResizeConv, upsampling
 
 __all__ = [
+    "DISCRIMINATORS",
     "TEMPERATURE",
     "AnnealedMean",
     "BatchNorm",
@@ -57,6 +60,7 @@ __all__ = [
     "group_count",
     "init_weights",
     "norm_layer",
+    "patch_discriminator",
     "spectral_normalize",
     "upsampling",
     "use_sample_statistics",

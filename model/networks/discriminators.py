@@ -4,6 +4,9 @@ semantic (segmenting) discriminator, and ``build_discriminator`` that makes one 
 from __future__ import annotations
 
 import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -152,7 +155,7 @@ class SemanticDiscriminator(nn.Module):
         return self.head(x)
 
 
-def build_discriminator(
+def patch_discriminator(
     in_channels: int,
     base_width: int = 64,
     n_layers: int = 3,
@@ -165,3 +168,46 @@ def build_discriminator(
     if num_scales == 1:
         return PatchDiscriminator(**shape, norm=norm)
     return MultiScaleDiscriminator(num_scales, **shape, norm=norm)
+
+
+# Every discriminator by name, each made from its input channels and its own keyword options.
+DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {
+    "patch": patch_discriminator,
+    "semantic": SemanticDiscriminator,
+}
+
+
+def build_discriminator(in_channels: int, *, kind: str = "patch", **options: Any) -> nn.Module:
+    """The discriminator named by ``kind`` for inputs of ``in_channels`` (weights uninitialized).
+
+    - ``patch`` (the default): ``patch_discriminator``'s options ``base_width`` (64),
+      ``n_layers`` (3), ``norm`` ("batch") and ``num_scales`` (1); it reads concat(A, B), so
+      ``in_channels`` counts both.
+    - ``semantic``: ``SemanticDiscriminator``'s ``num_classes`` (required), ``base_width`` (16)
+      and ``levels`` (4); it reads the image alone. Apply ``spectral_normalize`` after
+      ``init_weights``.
+
+    For example ``build_discriminator(in_channels=6, n_layers=3, num_scales=2)``, or
+    ``build_discriminator(in_channels=3, kind="semantic", num_classes=35, base_width=16)``.
+    An option that the kind does not take, or a required one left out, is an error.
+    """
+    if kind not in DISCRIMINATORS:
+        known = ", ".join(repr(name) for name in DISCRIMINATORS)
+        raise ValueError(f"unknown discriminator kind {kind!r} (known kinds: {known})")
+    builder = DISCRIMINATORS[kind]
+    parameters = list(inspect.signature(builder).parameters.values())[1:]
+    accepted = [parameter.name for parameter in parameters]
+    unexpected = sorted(set(options) - set(accepted))
+    if unexpected:
+        raise ValueError(
+            f"the {kind!r} discriminator does not take {', '.join(unexpected)} "
+            f"(it takes {', '.join(accepted)})"
+        )
+    missing = [
+        parameter.name
+        for parameter in parameters
+        if parameter.default is inspect.Parameter.empty and parameter.name not in options
+    ]
+    if missing:
+        raise ValueError(f"the {kind!r} discriminator needs {', '.join(missing)}")
+    return builder(in_channels, **options)
