@@ -1,8 +1,8 @@
 """The pix2pix networks, chosen by name: ``build_generator`` and ``build_discriminator``.
 
-- ``generators``: the U-Net generator, its encoder and decoder blocks, the colour-bin U-Net.
+- ``generators``: the U-Net generator, its encoder and decoder blocks, the color-bin U-Net.
 - ``discriminators``: the conditional PatchGAN, the multi-scale PatchGAN, the semantic one.
-- ``heads``: ``AnnealedMean``, which decodes colour-bin logits into ab.
+- ``heads``: ``AnnealedMean``, which decodes color-bin logits into ab.
 - ``normalization``: the norms by name, per-sample batch norm, demodulation, SPADE.
 - ``upsampling``: the decoder's transposed convolution or ``ResizeConv``.
 - ``initialization``: the paper's init, spectral normalization, parameter counts.

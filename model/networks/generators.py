@@ -1,5 +1,5 @@
 """The generators: the pix2pix U-Net, its encoder and decoder blocks, the U-Net that predicts
-colour bins, and ``build_generator`` that makes the one a spec's architecture names."""
+color bins, and ``build_generator`` that makes the one a spec's architecture names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The colour-bin head: ``AnnealedMean`` turns a colorization generator's bin logits into ab.
+"""The color-bin head: ``AnnealedMean`` turns a colorization generator's bin logits into ab.
 
 Zhang, Isola and Efros ("Colorful Image Colorization", 2016) predict, at every pixel, a
 distribution over quantized ab values instead of regressing ab: a regression loss is minimised
