@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from model.atomic_files import make_readable, replace_folder, write_atomic, write_text_atomic
+from model.atomic_files import make_readable, replace_folder, write_text_atomic
 from model.errors import CheckpointError
 from model.model_folders import (
     CHECKPOINTS_DIR,
@@ -29,6 +29,7 @@ from model.model_folders import (
 )
 from model.networks import build_generator, use_sample_statistics
 from model.spec import SPEC_FILENAME, GeneratorSpec
+from model.weights import save_tensors_atomic, save_weights, state_dict_for_saving
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +41,9 @@ __all__ = [
     "load_generator",
     "load_spec",
     "resolve_model_folder",
+    "save_tensors_atomic",
+    "state_dict_for_saving",
 ]
-
-
-def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
-    """Write a safetensors file atomically."""
-    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    write_atomic(path, lambda temp: save_file(contiguous, str(temp), metadata=metadata))
-
-
-def state_dict_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A module's state dict without the prefixes of DDP or torch.compile wrappers."""
-    module = getattr(module, "module", module)
-    module = getattr(module, "_orig_mod", module)
-    return dict(module.state_dict())
 
 
 def save_model_folder(
@@ -61,10 +51,7 @@ def save_model_folder(
 ) -> Path:
     """Write ``generator.safetensors`` and ``spec.json`` into ``folder``."""
     folder = Path(folder)  # made by the first write, as every atomic write makes its folder
-    tensors = state_dict_for_saving(generator)
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    save_tensors_atomic(tensors, folder / GENERATOR_WEIGHTS)
+    save_weights(generator, folder / GENERATOR_WEIGHTS, dtype)
     spec.save(folder / SPEC_FILENAME)
     return folder
 

@@ -1,4 +1,4 @@
-"""Export a trained generator to a model folder: safetensors, ONNX or TorchScript, with its spec.
+"""Export a trained generator to a model folder in one of ``model.export_formats``, with its spec.
 
 Every export is checked against eager PyTorch on random inputs of two sizes before it is
 reported done, and the spec written beside it says how inputs are normalized and padded and
@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +19,14 @@ import numpy as np
 import torch
 
 from model.atomic_files import make_readable
-from model.checkpoint import apply_inference_mode, load_generator, save_model_folder
+from model.checkpoint import apply_inference_mode, load_generator
 from model.errors import CheckpointError
-from model.model_folders import GENERATOR_ONNX, GENERATOR_TORCHSCRIPT
+from model.export_formats import EXPORT_FORMATS, ONNX, ExportFormat, export_format, write_onnx
 from model.recalibration import RECALIBRATION_BATCH, recalibrate_batch_norm
-from model.runtime import OnnxRuntime, TorchRuntime, TorchScriptRuntime, load_model
+from model.runtime import OnnxRuntime, TorchRuntime, build_runtime
 from model.spec import SPEC_FILENAME, GeneratorSpec
 
 logger = logging.getLogger(__name__)
-
-FORMATS = ("safetensors", "onnx", "torchscript")
-ONNX_OPSET = 17
 
 
 @dataclass
@@ -81,28 +77,20 @@ def export_model(
     inputs, in the same encoding, first set batch norm's statistics to the generator's own
     over them (``model.recalibration``), for ``eval`` mode.
     """
-    if format not in FORMATS:
-        raise CheckpointError(f"unknown export format {format!r} (choose {', '.join(FORMATS)})")
-    if int8 and (format != "onnx" or half):
+    entry = export_format(format)
+    if int8 and (entry is not ONNX or half):
         raise CheckpointError("--int8 applies to --format onnx only, and not with --half")
     if int8 and calibration is None:
         raise CheckpointError("int8 export needs calibration images")
-    generator, spec = load_generator(source, "cpu")
-    if inference_mode is not None:
-        spec = dataclasses.replace(spec, inference_mode=inference_mode)
-        apply_inference_mode(generator, inference_mode)
-    if recalibration is not None:
-        _recalibrate(generator, spec, recalibration)
-        spec = dataclasses.replace(
-            spec, extra={**spec.extra, "recalibrated_bn": len(recalibration)}
+    generator, spec = _prepared_generator(source, inference_mode, recalibration)
+    if spec.inference_mode == "train" and not entry.carries_dropout:  # int8 included
+        carrying = "/".join(other.name for other in EXPORT_FORMATS if other.carries_dropout)
+        raise CheckpointError(
+            f"{entry.label} export cannot carry test-time dropout (inference mode 'train'); "
+            "export with --inference-mode sample (per-image statistics, no dropout) or eval, "
+            f"or use {carrying}"
         )
     out = Path(out)
-    if format == "onnx" and spec.inference_mode == "train":  # int8 included
-        raise CheckpointError(
-            "ONNX export cannot carry test-time dropout (inference mode 'train'); export "
-            "with --inference-mode sample (per-image statistics, no dropout) or eval, or use "
-            "safetensors/torchscript"
-        )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -110,32 +98,13 @@ def export_model(
         spec = dataclasses.replace(spec, extra={**spec.extra, "export": export_info})
         spec.save(staging / SPEC_FILENAME)
         reference = TorchRuntime(copy.deepcopy(generator), "cpu", channels_last=False)
-        fidelity = None
+        parity, fidelity = {}, None
         if int8:
             fidelity = _export_int8(
                 generator, spec, staging, reference, calibration, min_psnr, tolerance
             )
-        elif format == "safetensors":
-            save_model_folder(staging, generator, spec, torch.float16 if half else None)
-            exported = load_model(staging, runtime="torch", device="cpu").runtime
-        elif format == "onnx":
-            _export_onnx(generator, spec, staging / GENERATOR_ONNX)
-            if half:
-                store_initializers_as_fp16(staging / GENERATOR_ONNX)
-            exported = OnnxRuntime(staging / GENERATOR_ONNX)
         else:
-            _export_torchscript(generator, spec, staging / GENERATOR_TORCHSCRIPT)
-            exported = TorchScriptRuntime(staging / GENERATOR_TORCHSCRIPT)
-        # int8: the exact fp32 rewrite was checked above; the int8 model is judged by PSNR.
-        checked = spec.inference_mode != "train" and not int8
-        parity = check_parity(reference, exported, spec) if checked else {}
-        limit = 2e-2 if half else tolerance
-        worst = max(parity.values(), default=0.0)
-        if worst > limit:
-            raise CheckpointError(
-                f"exported {format} model differs from PyTorch by {worst:.2e} "
-                f"(limit {limit:.0e}); nothing was written"
-            )
+            parity = _write_checked(entry, generator, spec, staging, reference, half, tolerance)
         if out.exists():
             shutil.rmtree(out)
         make_readable(staging)
@@ -147,6 +116,47 @@ def export_model(
     check = f"int8 PSNR {fidelity:.1f} dB" if fidelity is not None else f"parity {parity}"
     logger.info("exported %s to %s (%d bytes); %s", format, out, size, check)
     return ExportResult(out, format, parity, size, fidelity)
+
+
+def _prepared_generator(
+    source: str | Path, inference_mode: str | None, recalibration: np.ndarray | None
+) -> tuple[torch.nn.Module, GeneratorSpec]:
+    """The generator to export, in the inference mode asked for, its statistics recalibrated
+    if asked, and the spec that says so."""
+    generator, spec = load_generator(source, "cpu")
+    if inference_mode is not None:
+        spec = dataclasses.replace(spec, inference_mode=inference_mode)
+        apply_inference_mode(generator, inference_mode)
+    if recalibration is not None:
+        _recalibrate(generator, spec, recalibration)
+        spec = dataclasses.replace(
+            spec, extra={**spec.extra, "recalibrated_bn": len(recalibration)}
+        )
+    return generator, spec
+
+
+def _write_checked(
+    entry: ExportFormat,
+    generator: torch.nn.Module,
+    spec: GeneratorSpec,
+    staging: Path,
+    reference: TorchRuntime,
+    half: bool,
+    tolerance: float,
+) -> dict[str, float]:
+    """Write the format's file into ``staging``, load it with its runtime and compare it with
+    eager fp32 PyTorch (not in train mode, where dropout makes every run differ)."""
+    entry.write(generator, spec, staging / entry.weight_file, half)
+    exported = build_runtime(entry.runtimes[0], staging, spec, "cpu")
+    parity = check_parity(reference, exported, spec) if spec.inference_mode != "train" else {}
+    limit = 2e-2 if half else tolerance
+    worst = max(parity.values(), default=0.0)
+    if worst > limit:
+        raise CheckpointError(
+            f"exported {entry.name} model differs from PyTorch by {worst:.2e} "
+            f"(limit {limit:.0e}); nothing was written"
+        )
+    return parity
 
 
 def _recalibrate(generator: torch.nn.Module, spec: GeneratorSpec, inputs: np.ndarray) -> None:
@@ -174,7 +184,7 @@ def _export_int8(
 
     calibrate, held_out = split_calibration(np.asarray(calibration, dtype=np.float32))
     fp32_path = staging / "fp32.onnx"
-    _export_onnx(inference_graph(generator), spec, fp32_path)
+    write_onnx(inference_graph(generator), spec, fp32_path)
     rewritten = OnnxRuntime(fp32_path)
     worst = max(check_parity(reference, rewritten, spec).values())
     if worst > tolerance:
@@ -182,65 +192,10 @@ def _export_int8(
     del rewritten
     quantize_onnx(
         fp32_path,
-        staging / GENERATOR_ONNX,
+        staging / ONNX.weight_file,
         calibrate,
         float_tail=spec.architecture.head == "ab_bins",
         spade=spec.architecture.spade,
     )
     fp32_path.unlink()
-    return check_fidelity(reference, OnnxRuntime(staging / GENERATOR_ONNX), held_out, min_psnr)
-
-
-def _example(spec: GeneratorSpec) -> torch.Tensor:
-    size = spec.pad_multiple
-    return torch.zeros(1, spec.in_channels, size, size)
-
-
-def _export_onnx(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) -> None:
-    generator.eval()
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            generator,
-            (_example(spec),),
-            str(path),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": axes, "output": axes},
-            opset_version=ONNX_OPSET,
-            dynamo=False,
-        )
-
-
-def store_initializers_as_fp16(path: Path) -> None:
-    """Halve an ONNX file: float weights stored as fp16, each cast back to fp32 at load.
-
-    ONNX Runtime folds the casts when it builds the session, so inference still runs in
-    fp32 at full speed; only the weights carry fp16 rounding.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    casts = []
-    for initializer in graph.initializer:
-        if initializer.data_type != TensorProto.FLOAT:
-            continue
-        values = numpy_helper.to_array(initializer).astype(np.float16)
-        name = initializer.name
-        initializer.CopyFrom(numpy_helper.from_array(values, f"{name}__fp16"))
-        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT))
-    nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(casts + nodes)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
-def _export_torchscript(generator: torch.nn.Module, spec: GeneratorSpec, path: Path) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(generator, _example(spec), check_trace=False)
-        torch.jit.save(traced, str(path))
+    return check_fidelity(reference, OnnxRuntime(staging / ONNX.weight_file), held_out, min_psnr)

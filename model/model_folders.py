@@ -1,7 +1,8 @@
 """Model folders on disk: which files a generator travels as, found without importing torch.
 
-A *model folder* holds ``spec.json`` and at least one weights file: ``generator.safetensors``
-(PyTorch), ``generator.onnx`` (ONNX Runtime) or ``generator.torchscript.pt`` (TorchScript).
+A *model folder* holds ``spec.json`` and at least one weights file, one per export format
+(``model.export_formats``): ``generator.safetensors`` (PyTorch), ``generator.onnx`` (ONNX
+Runtime) or ``generator.torchscript.pt`` (TorchScript).
 A run directory points at its newest checkpoint (itself a model folder) through
 ``checkpoints/latest``, a one-line file replaced atomically.
 """
@@ -13,12 +14,11 @@ import os
 from pathlib import Path
 
 from model.errors import CheckpointError, SpecError
+from model.export_formats import EXPORT_FORMATS, SAFETENSORS
 from model.spec import SPEC_FILENAME, GeneratorSpec
 
-GENERATOR_WEIGHTS = "generator.safetensors"
-GENERATOR_ONNX = "generator.onnx"
-GENERATOR_TORCHSCRIPT = "generator.torchscript.pt"
-WEIGHT_FILES = (GENERATOR_WEIGHTS, GENERATOR_ONNX, GENERATOR_TORCHSCRIPT)
+GENERATOR_WEIGHTS = SAFETENSORS.weight_file  # what checkpoints hold and PyTorch loads
+WEIGHT_FILES = tuple(entry.weight_file for entry in EXPORT_FORMATS)
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_POINTER = "latest"
 VERSION_LENGTH = 12  # hex digits: 48 bits, ample to tell apart the versions of one model

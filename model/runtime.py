@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,26 +29,17 @@ from typing import Protocol
 import numpy as np
 
 from model.errors import CheckpointError
-from model.model_folders import (
-    GENERATOR_ONNX,
-    GENERATOR_TORCHSCRIPT,
-    GENERATOR_WEIGHTS,
-    load_spec,
-    resolve_model_folder,
+from model.export_formats import (
+    EXPORT_FORMATS,
+    ONNX,
+    SAFETENSORS,
+    TORCHSCRIPT,
+    format_of_runtime,
 )
+from model.model_folders import load_spec, resolve_model_folder
 from model.spec import GeneratorSpec
 
 logger = logging.getLogger(__name__)
-
-RUNTIMES = (
-    "torch",
-    "torch-bf16",
-    "torch-fp16",
-    "torch-compile",
-    "torch-compile-bf16",
-    "torchscript",
-    "onnx",
-)
 
 
 class Runtime(Protocol):
@@ -216,14 +208,11 @@ def candidate_names(folder: Path, device: str) -> list[str]:
     Reduced precision changes the numbers slightly, so ``auto`` never picks it on its own:
     ask for torch-bf16 or torch-fp16 by name.
     """
-    names = []
-    if (folder / GENERATOR_ONNX).is_file() and onnxruntime_available():
-        names.append("onnx")
-    if (folder / GENERATOR_WEIGHTS).is_file() and torch_available():
-        names.append("torch")
-    if (folder / GENERATOR_TORCHSCRIPT).is_file() and torch_available():
-        names.append("torchscript")
-    return names
+    return [
+        entry.runtimes[0]
+        for entry in EXPORT_FORMATS
+        if (folder / entry.weight_file).is_file() and _installed(entry.package)
+    ]
 
 
 def build_runtime(
@@ -234,31 +223,52 @@ def build_runtime(
     threads: int = 0,
     spinning: bool = True,
 ):
-    if name not in RUNTIMES:
-        raise CheckpointError(f"unknown runtime {name!r} (choose from auto, {', '.join(RUNTIMES)})")
-    if name == "onnx":
-        path = folder / GENERATOR_ONNX
-        if not path.is_file():
-            raise CheckpointError(f"{folder}: runtime onnx needs {GENERATOR_ONNX}")
-        if spec.inference_mode == "train":
-            raise CheckpointError(
-                f"{folder}: the spec asks for train-mode inference (dropout at test time), "
-                "which the ONNX export does not carry; use the torch runtime"
-            )
-        return OnnxRuntime(path, device, threads, spinning)
-    if not torch_available():
-        raise CheckpointError(f"runtime {name} needs PyTorch, which is not installed")
-    if name == "torchscript":
-        path = folder / GENERATOR_TORCHSCRIPT
-        if not path.is_file():
-            raise CheckpointError(f"{folder}: runtime torchscript needs {GENERATOR_TORCHSCRIPT}")
-        return TorchScriptRuntime(path, device)
+    """Runtime ``name`` on the file of its export format in ``folder``."""
+    entry = format_of_runtime(name)
+    path = folder / entry.weight_file
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: runtime {name} needs {entry.weight_file}")
+    if spec.inference_mode == "train" and not entry.carries_dropout:
+        raise CheckpointError(
+            f"{folder}: the spec asks for train-mode inference (dropout at test time), which "
+            f"the {entry.label} export does not carry; use the torch runtime"
+        )
+    if not _installed(entry.package):
+        raise CheckpointError(f"runtime {name} needs {entry.package}, which is not installed")
+    return OPENERS[entry.name](name, path, spec, device, threads, spinning)
+
+
+def _open_torch(
+    name: str, path: Path, spec: GeneratorSpec, device: str, threads: int, spinning: bool
+) -> Runtime:
+    """The generator rebuilt from its weights, in the caller's spec's inference mode."""
     from model.checkpoint import apply_inference_mode, load_generator
 
-    generator, _ = load_generator(folder, device)
+    generator, _ = load_generator(path.parent, device)
     apply_inference_mode(generator, spec.inference_mode)  # the caller's spec may override it
     precision = "bf16" if name.endswith("bf16") else "fp16" if name.endswith("fp16") else "fp32"
     return TorchRuntime(generator, device, precision, compile=name.startswith("torch-compile"))
+
+
+def _open_onnx(
+    name: str, path: Path, spec: GeneratorSpec, device: str, threads: int, spinning: bool
+) -> Runtime:
+    return OnnxRuntime(path, device, threads, spinning)
+
+
+def _open_torchscript(
+    name: str, path: Path, spec: GeneratorSpec, device: str, threads: int, spinning: bool
+) -> Runtime:
+    return TorchScriptRuntime(path, device)
+
+
+# The runtime of each export format's file, by format name (``model.export_formats`` names
+# the runtimes). Each opener takes (runtime name, file, spec, device, threads, spinning).
+OPENERS: dict[str, Callable[..., Runtime]] = {
+    SAFETENSORS.name: _open_torch,
+    ONNX.name: _open_onnx,
+    TORCHSCRIPT.name: _open_torchscript,
+}
 
 
 def time_runtime(runtime: Runtime, spec: GeneratorSpec, repeats: int = 2) -> float:
@@ -294,24 +304,26 @@ def load_model(
     exported_mode = spec.inference_mode
     if inference_mode is not None and inference_mode != exported_mode:
         spec = dataclasses.replace(spec, inference_mode=inference_mode)  # checks the name
-        if runtime in ("onnx", "torchscript") or (
-            runtime == "auto" and not (folder / GENERATOR_WEIGHTS).is_file()
-        ):
+        weights = (folder / SAFETENSORS.weight_file).is_file()
+        if runtime == "auto" and weights:
+            runtime = SAFETENSORS.runtimes[0]
+        if runtime == "auto" or format_of_runtime(runtime).fixes_inference_mode:
+            fixed = " or ".join(
+                entry.label for entry in EXPORT_FORMATS if entry.fixes_inference_mode
+            )
             raise CheckpointError(
                 f"{folder}: running it in inference mode {inference_mode!r} needs the "
-                f"generator's weights ({GENERATOR_WEIGHTS}) and PyTorch; an ONNX or TorchScript "
+                f"generator's weights ({SAFETENSORS.weight_file}) and PyTorch; an {fixed} "
                 f"export keeps the mode it was exported with ({exported_mode!r})"
             )
-        if runtime == "auto":
-            runtime = "torch"
     if runtime != "auto":
-        device = resolve_device(device, onnx_only=runtime == "onnx")
+        device = resolve_device(device, onnx_only=format_of_runtime(runtime) is ONNX)
         built = build_runtime(runtime, folder, spec, device, threads, spinning)
         return LoadedModel(spec, built, folder, {built.name: time_runtime(built, spec)})
     names = candidate_names(folder, device)
     if spec.inference_mode == "train":
-        names = [name for name in names if name != "onnx"]
-    device = resolve_device(device, onnx_only=names == ["onnx"])
+        names = [name for name in names if format_of_runtime(name).carries_dropout]
+    device = resolve_device(device, onnx_only=names == list(ONNX.runtimes))
     if not names:
         raise CheckpointError(
             f"{folder}: no runtime can load this model here (onnxruntime installed: "

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model.export_formats import EXPORT_FORMAT_NAMES, RUNTIMES
 from model.spec import INFERENCE_MODES
 
 EXIT_USAGE = 2
@@ -424,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     translate.add_argument("--device", default="auto")
     translate.add_argument(
-        "--runtime", default="auto", help="auto, torch, torch-bf16, torch-fp16, onnx, torchscript"
+        "--runtime",
+        default="auto",
+        choices=("auto", *RUNTIMES),
+        help="auto: time what the model folder and this install can run, keep the fastest",
     )
     translate.add_argument(
         "--inference-mode",
@@ -478,9 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = verbs.add_parser("export", help="export a generator to a model folder")
     export.add_argument("source", help="run directory, checkpoint or model folder")
-    export.add_argument(
-        "--format", default="safetensors", choices=("safetensors", "onnx", "torchscript")
-    )
+    export.add_argument("--format", default="safetensors", choices=EXPORT_FORMAT_NAMES)
     export.add_argument("--out", help="model folder to write (default models/<run name>)")
     export.add_argument(
         "--half",
