@@ -20,7 +20,7 @@ import sys
 import time
 
 import model.checkpoint
-import training.loop.trainer
+import training.loop.checkpointing
 from pix2pix.cli import main
 
 PAUSE = float(os.environ.get("PIX2PIX_PHASE_PAUSE_S", "0"))
@@ -34,8 +34,8 @@ def announce(phase: str, detail: object) -> None:
 
 def install_markers() -> None:
     real_save_file = model.checkpoint.save_file
-    real_write_folder = training.loop.trainer.write_checkpoint_folder
-    real_publish = training.loop.trainer.publish_latest
+    real_write_folder = training.loop.checkpointing.write_checkpoint_folder
+    real_publish = training.loop.checkpointing.publish_latest
 
     def save_file(tensors, filename, metadata=None):
         real_save_file(tensors, filename, metadata=metadata)
@@ -51,8 +51,8 @@ def install_markers() -> None:
         announce("latest-published", name)
 
     model.checkpoint.save_file = save_file
-    training.loop.trainer.write_checkpoint_folder = write_checkpoint_folder
-    training.loop.trainer.publish_latest = publish_latest
+    training.loop.checkpointing.write_checkpoint_folder = write_checkpoint_folder
+    training.loop.checkpointing.publish_latest = publish_latest
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ def test_a_tiny_classification_run_lowers_its_loss_and_serves_ab(synth_color, tm
         "train.max_steps": "30",
     }
     config = tiny_config(synth_color, tmp_path, **overrides)
-    with caplog.at_level("INFO", logger="training.loop.trainer"):
+    with caplog.at_level("INFO", logger="training.loop.terms"):
         trainer = Trainer(config, progress=False)
     assert "261 ab bins" in caplog.text and "entropy" in caplog.text
     trainer.train()

@@ -20,7 +20,8 @@ from model.networks import (
 from tests.conftest import LOGGED_SHORT_RUN, tiny_config, train_with_a_break
 from training.config import ConfigError, load_config
 from training.loop import trainer as trainer_module
-from training.loop.losses import GANLoss, PairAugment, R1Penalty, feature_matching_loss
+from training.loop.discriminator_augment import PairAugment
+from training.loop.losses import GANLoss, R1Penalty, feature_matching_loss
 from training.loop.trainer import Trainer
 
 LABELS = {"data.input_kind": "label_map"}

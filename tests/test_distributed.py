@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from model.checkpoint import latest_checkpoint
 from tests.conftest import tiny_config, write_label_dataset
-from training.loop.trainer import EpochSampler, Trainer
+from training.loop.sampling import EpochSampler
+from training.loop.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"data.input_kind": "label_map"}

@@ -13,8 +13,9 @@ from model.networks import SemanticDiscriminator, init_weights, spectral_normali
 from tests.conftest import LOGGED_SHORT_RUN, tiny_config, train_with_a_break
 from training.config import ConfigError, load_config
 from training.errors import TrainingError
+from training.loop.checkpointing import weights_file
 from training.loop.losses import SemanticLoss
-from training.loop.trainer import SEMANTIC_WEIGHTS, Trainer
+from training.loop.trainer import Trainer
 
 LABELS = {"data.input_kind": "label_map", "data.one_hot": "true"}
 SEMANTIC = {**LABELS, "train.lambda_semantic": "1", "discriminator.semantic_width": "4"}
@@ -113,7 +114,10 @@ def test_the_generator_term_moves_the_image_towards_its_maps_classes():
 
 def weights(folder):
     tensors = {}
-    for prefix, filename in (("G", "generator.safetensors"), ("S", SEMANTIC_WEIGHTS)):
+    for prefix, filename in (
+        ("G", "generator.safetensors"),
+        ("S", weights_file("semantic_discriminator")),
+    ):
         tensors |= {f"{prefix}.{k}": v for k, v in load_file(str(folder / filename)).items()}
     return tensors
 
@@ -130,8 +134,13 @@ def test_training_with_it_logs_its_terms_saves_it_and_resumes_exactly(label_data
     straight = tiny_config(label_dataset, tmp_path, name="straight", **common)
     trainer = Trainer(straight, progress=False)
     optimized = {id(p) for group in trainer.optimizer_d.param_groups for p in group["params"]}
-    assert all(id(p) in optimized for p in trainer.semantic.parameters())
-    initial = {k: v.clone() for k, v in trainer.semantic.state_dict().items()}
+    assert all(
+        id(p) in optimized for p in trainer.discriminators["semantic_discriminator"].parameters()
+    )
+    initial = {
+        k: v.clone()
+        for k, v in trainer.discriminators["semantic_discriminator"].state_dict().items()
+    }
     trainer.train()
 
     records = [json.loads(line) for line in (straight.run_dir / "metrics.jsonl").open()]
@@ -140,7 +149,7 @@ def test_training_with_it_logs_its_terms_saves_it_and_resumes_exactly(label_data
     for record in train_records:
         assert record["G_sem"] > 0 and record["D_sem"] > 0, record
         assert 0 <= record["D_sem_acc"] <= 1
-    final = trainer.semantic.state_dict()
+    final = trainer.discriminators["semantic_discriminator"].state_dict()
     assert any(not torch.equal(final[k], initial[k]) for k in initial)
 
     expected = weights(latest_checkpoint(straight.run_dir / "checkpoints"))
