@@ -8,12 +8,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ApiError
-
-FORMATS = {
-    "png": ("PNG", "image/png"),
-    "jpeg": ("JPEG", "image/jpeg"),
-    "webp": ("WEBP", "image/webp"),
-}
+from model.choices import image_format
 
 
 def decode_upload(data: bytes, max_side: int, max_pixels: int) -> Image.Image:
@@ -65,8 +60,10 @@ def load_upload(image: Image.Image) -> Image.Image:
 
 
 def encode_image(image: Image.Image, format_name: str) -> tuple[bytes, str]:
-    pil_format, media_type = FORMATS[format_name]
+    """An image as bytes of one of ``model.choices.IMAGE_FORMATS``, with its media type."""
+    encoding = image_format(format_name)
     buffer = io.BytesIO()
-    options = {"quality": 92} if pil_format in ("JPEG", "WEBP") else {"compress_level": 1}
-    image.save(buffer, format=pil_format, **options)
-    return buffer.getvalue(), media_type
+    lossy = encoding.pil_format in ("JPEG", "WEBP")
+    options = {"quality": 92} if lossy else {"compress_level": 1}
+    image.save(buffer, format=encoding.pil_format, **options)
+    return buffer.getvalue(), encoding.media_type

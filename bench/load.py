@@ -38,12 +38,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.choices import IMAGE_FORMAT_NAMES  # noqa: E402
 from tests.conftest import LiveServer, write_tiny_models  # noqa: E402
 
 SIZES = (64, 128, 256, 512, 1024, 2048)
 SIZE_WEIGHTS = (40, 30, 15, 10, 4, 1)
 INPUT_FORMATS = (("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"))
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
+OUTPUT_FORMATS = IMAGE_FORMAT_NAMES
 RSS_GROWTH_LIMIT_MB = 50.0
 PROBE_PATHS = ("/healthz", "/readyz")
 PROBE_INTERVAL_S = 0.5

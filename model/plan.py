@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.choices import RESIZE_MODES
 from model.processing import pad_to_multiple, resize_batch
 from model.spec import GeneratorSpec
 
-RESIZE_MODES = ("pad", "fit")
 # Defaults of the service, the command line and evaluation alike, so all three agree.
 TILE_SIZE = 512
 TILE_OVERLAP = 64
@@ -109,7 +109,7 @@ def plan_translation(
     training size (and the output back); inputs larger than ``tile_size`` (rounded up to the
     spec's multiple; 0 never tiles) run as tiles overlapping by ``tile_overlap``."""
     if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be 'pad' or 'fit', not {resize!r}")
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
     size = (int(encoded.shape[-2]), int(encoded.shape[-1]))
     fitted = size
     if resize == "fit":

@@ -30,8 +30,8 @@ def load(
 ) -> Translator:
     """A translator for a model folder, run directory or checkpoint.
 
-    ``runtime`` is ``auto`` (time what the folder and this install can run, keep the fastest),
-    ``onnx``, ``torch``, ``torch-bf16``, ``torch-fp16``, ``torch-compile`` or ``torchscript``;
+    ``runtime`` is ``auto`` (time what the folder and this install can run, keep the fastest)
+    or one of ``model.export_formats.RUNTIMES`` (``onnx``, ``torch``, ``torch-bf16``...);
     ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. A folder holding only
     ``generator.onnx`` runs on ONNX Runtime and never imports torch.
 
@@ -122,7 +122,8 @@ def export(
 ) -> ExportResult:
     """Export a run's generator to a model folder, as ``pix2pix export``.
 
-    ``format`` is ``safetensors``, ``onnx`` or ``torchscript``; ``out`` defaults to
+    ``format`` is one of ``model.export_formats.EXPORT_FORMAT_NAMES`` (``safetensors``,
+    ``onnx``, ``torchscript``); ``out`` defaults to
     ``models/<source name>``. ``int8`` (ONNX only) calibrates on ``calibration`` (a dataset
     root or a folder of inputs; default the run's dataset) and refuses a model below
     ``min_psnr`` dB against fp32. ``recalibrate_bn`` > 0 first sets batch norm's statistics
@@ -132,8 +133,10 @@ def export(
     """
     from model.errors import CheckpointError
     from model.export import export_model
+    from model.export_formats import export_format
     from training.data.calibration import calibration_inputs
 
+    export_format(format)  # an unknown name fails before any calibration image is read
     out = Path(out) if out is not None else Path("models") / Path(source).name
     inputs = calibration_inputs(source, calibration, calibration_images) if int8 else None
     if recalibrate_bn < 0:

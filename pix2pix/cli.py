@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model.choices import IMAGE_FORMAT_ALIASES, IMAGE_FORMAT_NAMES, RESIZE_MODES, image_format
 from model.export_formats import EXPORT_FORMAT_NAMES, RUNTIMES
 from model.spec import INFERENCE_MODES
 
@@ -135,7 +136,8 @@ def command_translate(args: argparse.Namespace, extra: list[str]) -> int:
         inference_mode=args.inference_mode,
     )
     tile_size = translator.tile_size
-    pairs = translation_targets(args.inputs, Path(args.out), f".{args.format}")
+    suffix = image_format(args.format).suffix
+    pairs = translation_targets(args.inputs, Path(args.out), suffix)
     failed: list[Path] = []
     waiting: dict[tuple[int, ...], list] = {}  # decoded inputs by size, until a batch is full
 
@@ -397,11 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("model", help="run directory, checkpoint or model folder")
     translate.add_argument("inputs", nargs="+", help="images or folders of images")
     translate.add_argument("--out", required=True, help="output folder")
-    translate.add_argument("--format", default="png", choices=("png", "jpg", "webp"))
+    translate.add_argument(
+        "--format",
+        default="png",
+        type=lambda name: IMAGE_FORMAT_ALIASES.get(name, name),
+        choices=IMAGE_FORMAT_NAMES,
+        help="output image format (jpg: the same as jpeg)",
+    )
     translate.add_argument(
         "--resize",
         default="pad",
-        choices=("pad", "fit"),
+        choices=RESIZE_MODES,
         help="pad: keep the size (pad to the network multiple); fit: resize to the training size",
     )
     translate.add_argument(

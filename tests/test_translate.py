@@ -162,3 +162,23 @@ def test_a_folder_shows_a_progress_bar_unless_quiet(tiny_models, tmp_path, capsy
     assert "translated 3 of 3 images" in captured.out
     assert translate(tiny_models / "photo", photos, "--out", tmp_path / "again", "--quiet") == 0
     assert "3/3" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling", ["jpeg", "jpg"])
+def test_jpeg_output_is_spelled_jpeg_and_jpg_is_its_alias(spelling, tiny_models, tmp_path):
+    Image.fromarray(random_photo(16, 16)).save(tmp_path / "input.png")
+    out = tmp_path / "out"
+    assert translate(tiny_models / "photo", tmp_path / "input.png", "--out", out,
+                     "--format", spelling, "--quiet") == 0  # fmt: skip
+    with Image.open(out / "input.jpg") as written:
+        assert written.format == "JPEG" and written.size == (16, 16)
+
+
+def test_an_unknown_output_format_is_a_usage_error_naming_the_choices(
+    tiny_models, tmp_path, capsys
+):
+    with pytest.raises(SystemExit) as exited:
+        translate(tiny_models / "photo", tmp_path, "--out", tmp_path / "out", "--format", "gif")
+    assert exited.value.code == 2
+    message = capsys.readouterr().err
+    assert "invalid choice: 'gif'" in message and "jpeg" in message

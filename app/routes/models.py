@@ -21,11 +21,12 @@ from app.dependencies import (
     require_api_key,
 )
 from app.errors import ApiError, ErrorResponse
-from app.imaging import FORMATS, encode_image, load_upload, open_upload
+from app.imaging import encode_image, load_upload, open_upload
 from app.registry import ModelRegistry, ServedModel
 from app.scheduling import Ticket
 from app.settings import Settings
 from app.workers import ImageWorkers
+from model.choices import IMAGE_FORMAT_NAMES, IMAGE_FORMATS, RESIZE_MODES
 from model.errors import InputError
 from model.plan import TranslationPlan, plan_translation
 from model.processing import decode_output, encode_input, prepare_input
@@ -33,15 +34,9 @@ from model.processing import decode_output, encode_input, prepare_input
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-class OutputFormat(StrEnum):
-    png = "png"
-    jpeg = "jpeg"
-    webp = "webp"
-
-
-class ResizeMode(StrEnum):
-    pad = "pad"
-    fit = "fit"
+# Enums for FastAPI's validation and the OpenAPI page, made from the shared choice lists.
+OutputFormat = StrEnum("OutputFormat", [(name, name) for name in IMAGE_FORMAT_NAMES])
+ResizeMode = StrEnum("ResizeMode", [(name, name) for name in RESIZE_MODES])
 
 
 class PaletteEntry(BaseModel):
@@ -143,8 +138,8 @@ ERRORS = {
 IMAGE_RESPONSE = {
     200: {
         "content": {
-            media: {"schema": {"type": "string", "format": "binary"}}
-            for _, media in FORMATS.values()
+            entry.media_type: {"schema": {"type": "string", "format": "binary"}}
+            for entry in IMAGE_FORMATS
         },
         "description": "the translated image, the same size as the input",
         "headers": {
