@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pix2pix.cli import UsageError, parse_overrides
+from pix2pix.commands.common import UsageError
+from pix2pix.commands.train import parse_overrides
 from training import config as config_module
 from training.config import ConfigError, config_from_dict, load_config
 
