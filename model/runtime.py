@@ -283,6 +283,26 @@ def time_runtime(runtime: Runtime, spec: GeneratorSpec, repeats: int = 2) -> flo
     return (time.perf_counter() - start) / repeats * 1000.0
 
 
+def _in_other_mode(
+    folder: Path, spec: GeneratorSpec, runtime: str, inference_mode: str
+) -> tuple[GeneratorSpec, str]:
+    """The spec in ``inference_mode`` and the runtime to run it: only a runtime that rebuilds
+    the network from its weights can (``auto`` picks it)."""
+    exported_mode = spec.inference_mode
+    spec = dataclasses.replace(spec, inference_mode=inference_mode)  # checks the name
+    weights = (folder / SAFETENSORS.weight_file).is_file()
+    if runtime == "auto" and weights:
+        runtime = SAFETENSORS.runtimes[0]
+    if runtime == "auto" or format_of_runtime(runtime).fixes_inference_mode:
+        fixed = " or ".join(entry.label for entry in EXPORT_FORMATS if entry.fixes_inference_mode)
+        raise CheckpointError(
+            f"{folder}: running it in inference mode {inference_mode!r} needs the "
+            f"generator's weights ({SAFETENSORS.weight_file}) and PyTorch; an {fixed} "
+            f"export keeps the mode it was exported with ({exported_mode!r})"
+        )
+    return spec, runtime
+
+
 def load_model(
     path: str | Path,
     runtime: str = "auto",
@@ -301,21 +321,8 @@ def load_model(
     """
     folder = resolve_model_folder(path)
     spec = load_spec(folder)
-    exported_mode = spec.inference_mode
-    if inference_mode is not None and inference_mode != exported_mode:
-        spec = dataclasses.replace(spec, inference_mode=inference_mode)  # checks the name
-        weights = (folder / SAFETENSORS.weight_file).is_file()
-        if runtime == "auto" and weights:
-            runtime = SAFETENSORS.runtimes[0]
-        if runtime == "auto" or format_of_runtime(runtime).fixes_inference_mode:
-            fixed = " or ".join(
-                entry.label for entry in EXPORT_FORMATS if entry.fixes_inference_mode
-            )
-            raise CheckpointError(
-                f"{folder}: running it in inference mode {inference_mode!r} needs the "
-                f"generator's weights ({SAFETENSORS.weight_file}) and PyTorch; an {fixed} "
-                f"export keeps the mode it was exported with ({exported_mode!r})"
-            )
+    if inference_mode is not None and inference_mode != spec.inference_mode:
+        spec, runtime = _in_other_mode(folder, spec, runtime, inference_mode)
     if runtime != "auto":
         device = resolve_device(device, onnx_only=format_of_runtime(runtime) is ONNX)
         built = build_runtime(runtime, folder, spec, device, threads, spinning)
