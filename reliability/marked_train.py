@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-import model.checkpoint
+import model.weights
 import training.loop.checkpointing
 from pix2pix.cli import main
 
@@ -33,7 +33,7 @@ def announce(phase: str, detail: object) -> None:
 
 
 def install_markers() -> None:
-    real_save_file = model.checkpoint.save_file
+    real_save_file = model.weights.save_file
     real_write_folder = training.loop.checkpointing.write_checkpoint_folder
     real_publish = training.loop.checkpointing.publish_latest
 
@@ -50,7 +50,7 @@ def install_markers() -> None:
         real_publish(checkpoints, name)
         announce("latest-published", name)
 
-    model.checkpoint.save_file = save_file
+    model.weights.save_file = save_file
     training.loop.checkpointing.write_checkpoint_folder = write_checkpoint_folder
     training.loop.checkpointing.publish_latest = publish_latest
 

@@ -316,14 +316,14 @@ def test_moving_average_is_what_validation_and_checkpoints_show(
     trainer = Trainer(config, progress=False)
     average = {name: p.detach().clone() for name, p in trainer.generator.named_parameters()}
     updates = []  # (step, the generator's parameters) at each update of the average
-    update = Trainer.update_ema
+    update = trainer_module.update_average
 
-    def recording(self):
-        parameters = {name: p.detach().clone() for name, p in self.generator.named_parameters()}
-        updates.append((self.step, parameters))
-        update(self)
+    def recording(average, generator, step, decay):
+        parameters = {name: p.detach().clone() for name, p in generator.named_parameters()}
+        updates.append((step, parameters))
+        update(average, generator, step, decay)
 
-    monkeypatch.setattr(Trainer, "update_ema", recording)
+    monkeypatch.setattr(trainer_module, "update_average", recording)
     trainer.train()
     assert [step for step, _ in updates] == [0, 1, 2, 3, 4]  # once per step
     for step, parameters in updates:

@@ -204,13 +204,13 @@ def test_soak_random_sigkills_never_corrupt_latest_and_resume_exactly(tmp_path):
 def test_a_failing_disk_write_keeps_the_previous_checkpoint_and_stops_clearly(
     label_dataset, tmp_path, monkeypatch
 ):
-    import model.checkpoint
+    import model.weights
 
     config = tiny_config(
         label_dataset, tmp_path, **{"data.input_kind": "label_map", "train.save_every": "2"}
     )
     trainer = Trainer(config, progress=False)
-    real_save_file = model.checkpoint.save_file
+    real_save_file = model.weights.save_file
     writes = {"count": 0}
 
     def full_disk(tensors, filename, metadata=None):
@@ -221,7 +221,7 @@ def test_a_failing_disk_write_keeps_the_previous_checkpoint_and_stops_clearly(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
         real_save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(model.checkpoint, "save_file", full_disk)
+    monkeypatch.setattr(model.weights, "save_file", full_disk)
     with pytest.raises(CheckpointError) as caught:
         trainer.train()
     message = str(caught.value)
@@ -235,7 +235,7 @@ def test_a_failing_disk_write_keeps_the_previous_checkpoint_and_stops_clearly(
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000002"]
 
     # The run continues from the kept checkpoint once the disk has room.
-    monkeypatch.setattr(model.checkpoint, "save_file", real_save_file)
+    monkeypatch.setattr(model.weights, "save_file", real_save_file)
     resumed = Trainer(config, resume=True, progress=False)
     assert resumed.step == 2
 

@@ -33,6 +33,7 @@ from model.checkpoint import (
 )
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.errors import TrainingError
+from training.loop.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,28 @@ def load_generators(
         logger.warning("train.ema_decay is 0: the moving average in %s is dropped", folder)
 
 
+def training_state(step: int, resumable: dict, pool_random, device: torch.device) -> dict:
+    """What resumes the loop exactly: the step, the ``state_dict`` of each of ``resumable``
+    (optimizers, schedulers, scalers, the monitor) by its name, this process's RNG and the
+    history pool's."""
+    state = {"step": step, **{name: part.state_dict() for name, part in resumable.items()}}
+    state["rng"] = rng_state(device)
+    state["pool_rng"] = pool_random.get_state() if pool_random is not None else None
+    return state
+
+
+def restore_training_state(state: dict, resumable: dict, pool_random) -> None:
+    """Load each of ``resumable`` from ``state`` (as :func:`training_state` wrote it)."""
+    for name, part in resumable.items():
+        # A checkpoint with one scaler for both networks holds it as "scaler"; one written
+        # without a monitor leaves it fresh.
+        saved = "scaler" if name.startswith("scaler") and name not in state else name
+        if saved != "monitor" or saved in state:
+            part.load_state_dict(state[saved])
+    if state.get("pool_rng") is not None and pool_random is not None:
+        pool_random.set_state(state["pool_rng"])
+
+
 def rng_state(device: torch.device) -> dict:
     """This process's RNG (its dropout stream)."""
     rng = {"torch": torch.get_rng_state()}
@@ -151,8 +174,9 @@ def rng_state(device: torch.device) -> dict:
     return rng
 
 
-def restore_rng(state: dict, rank: int, world_size: int, device: torch.device) -> None:
+def restore_rng(state: dict, dist: DistributedContext, device: torch.device) -> None:
     """Continue this rank's RNG from a checkpoint's; another world size cannot continue exactly."""
+    rank, world_size = dist.rank, dist.world_size
     rng = state["rng"]
     ranks = state.get("rng_ranks") or [rng]
     if len(ranks) == world_size:

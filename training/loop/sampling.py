@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from training.config import Config
 from training.data.datasets import PairedDataset
+from training.loop.distributed import DistributedContext
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -81,3 +83,38 @@ class EpochIndexed(Dataset):
 def spread(count: int, size: int) -> list[int]:
     """``count`` indices of ``range(size)`` (``count <= size``), evenly spaced from 0."""
     return [position * size // count for position in range(count)]
+
+
+def training_loader(
+    train_set: PairedDataset,
+    config: Config,
+    steps_per_epoch: int,
+    dist: DistributedContext,
+    device: torch.device,
+) -> tuple[EpochSampler, DataLoader]:
+    """The sampler and the loader of a run's training batches, epoch after epoch.
+
+    Workers persist and the sampler runs across epochs, so an epoch boundary costs no worker
+    start-up and no empty prefetch queue (with 400 images at batch 64 on a GPU that was every 6
+    steps).
+    """
+    batch_size, workers = config.train.batch_size, config.data.num_workers
+    sampler = EpochSampler(
+        len(train_set),
+        config.seed,
+        per_epoch=steps_per_epoch * batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    loader = DataLoader(
+        EpochIndexed(train_set),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+        # A private generator keeps the global torch RNG (dropout) independent of loading.
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    return sampler, loader

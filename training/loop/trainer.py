@@ -1,11 +1,8 @@
 """The pix2pix training loop: one explicit D step and G step per iteration, a self-describing run.
 
-The trainer holds the networks, optimizers, scalers and the learning-rate schedule, and runs the
-iteration; the losses are named terms (``training.loop.terms``), checkpoints, validation and the
-sampler live in modules of their own. A run directory ``runs/<name>/`` holds ``config.toml``,
-``spec.json``, ``metrics.jsonl``, ``samples/`` and ``checkpoints/`` (``run_directory``,
-``checkpointing``). With ``train.ema_decay`` the served weights are the moving average of the
-generator's.
+The trainer holds the networks, optimizers, scalers and the learning-rate schedule and runs the
+iteration. The losses are named terms (``terms``); checkpoints (``checkpointing``), validation,
+the run directory and the sampler live in modules of their own.
 """
 
 from __future__ import annotations
@@ -20,32 +17,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
-from model.cpu_features import native_bf16
-from model.networks import (
-    build_discriminator,
-    build_generator,
-    init_weights,
-    spectral_normalize,
-)
-from training.config import SEMANTIC_LEVELS, Config, ConfigError
+from training.config import Config, ConfigError
 from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
 from training.loop import checkpointing, distributed, optim, run_directory
+from training.loop.devices import autocast_dtype, select_device
 from training.loop.discriminator_augment import PairAugment
 from training.loop.meter import IntervalMeter
 from training.loop.monitor import MonitorSettings, TrainingMonitor
+from training.loop.networks import build_networks, update_average
 from training.loop.pool import HistoryPool
 from training.loop.run_directory import METRICS_FILENAME, load_run_config
-from training.loop.sampling import EpochIndexed, EpochSampler
-from training.loop.terms import (
-    Losses,
-    TermContext,
-    build_objective,
-)
+from training.loop.sampling import training_loader
+from training.loop.terms import Losses, TermContext, build_objective
 from training.loop.validation import Recalibration, Validator
 
 logger = logging.getLogger(__name__)
@@ -53,76 +40,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["Trainer", "autocast_dtype", "load_run_config", "select_device", "train"]
 
 # The Trainer's attributes whose state_dict a checkpoint's training state holds.
-OPTIMIZATION_STATE = (
-    "optimizer_g",
-    "optimizer_d",
-    "scheduler_g",
-    "scheduler_d",
-    "scaler_d",
-    "scaler_g",
-)
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit name must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r}, but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device = {name!r}, but MPS is not available here")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("train.precision = 'fp16' needs a GPU; use 'bf16' on the CPU")
-    if precision == "bf16" and device.type == "cpu" and not native_bf16():
-        # Emulated bf16 ran 0.7x (AVX-512) to 0.06x (AVX2) the speed of fp32 in bench/train.py.
-        logger.warning(
-            "train.precision = 'bf16' asked for, but this CPU has no bf16 instructions "
-            "(AVX512-BF16 or AMX), where bf16 is emulated and slower than fp32: training in fp32"
-        )
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def build_discriminators(config: Config, in_channels: int, out_channels: int):
-    """The conditional PatchGAN, by the name its weights take in a checkpoint."""
-    discriminator = config.discriminator
-    return {
-        "discriminator": build_discriminator(
-            in_channels=in_channels + out_channels,
-            base_width=discriminator.base_width,
-            n_layers=discriminator.n_layers,
-            norm=discriminator.norm,
-            num_scales=discriminator.num_scales,
-        )
-    }
-
-
-def build_extra_discriminators(config: Config, in_channels: int, out_channels: int):
-    """The discriminators that terms bring, initialized: OASIS's segmenting one
-    (``train.lambda_semantic``), whose classes are the map's one-hot channels."""
-    extra = {}
-    if config.train.lambda_semantic > 0:
-        semantic = build_discriminator(
-            kind="semantic",
-            in_channels=out_channels,
-            num_classes=in_channels,
-            base_width=config.discriminator.semantic_width,
-            levels=SEMANTIC_LEVELS,
-        )
-        init_weights(semantic)
-        extra["semantic_discriminator"] = spectral_normalize(semantic)
-    return extra
+OPTIMIZATION_STATE = ("optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d")
+OPTIMIZATION_STATE += ("scaler_d", "scaler_g")
 
 
 class Trainer:
@@ -148,34 +67,12 @@ class Trainer:
         context = self._wrap_networks()
         self.pool = HistoryPool(train.pool_size, torch.Generator().manual_seed(config.seed))
         self.objective = build_objective(context, PairAugment(train.d_augment_policy))
-        self.monitor = TrainingMonitor(
-            MonitorSettings(
-                early_stop_patience=train.early_stop_patience,
-                early_stop_min_delta=train.early_stop_min_delta,
-            ),
-            adversarial=self.objective.adversarial,
-        )
+        patience, min_delta = train.early_stop_patience, train.early_stop_min_delta
+        settings = MonitorSettings(early_stop_patience=patience, early_stop_min_delta=min_delta)
+        self.monitor = TrainingMonitor(settings, adversarial=self.objective.adversarial)
         self.step = 0
-        self.sampler = EpochSampler(
-            len(self.train_set),
-            config.seed,
-            per_epoch=self.steps_per_epoch * train.batch_size,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-        )
-        # Workers persist and the sampler runs across epochs, so an epoch boundary costs no
-        # worker start-up and no empty prefetch queue (with 400 images at batch 64 on a GPU
-        # that was every 6 steps).
-        self.loader = DataLoader(
-            EpochIndexed(self.train_set),
-            batch_size=train.batch_size,
-            sampler=self.sampler,
-            num_workers=config.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=config.data.num_workers > 0,
-            prefetch_factor=4 if config.data.num_workers else None,
-            # A private generator keeps the global torch RNG (dropout) independent of loading.
-            generator=torch.Generator().manual_seed(config.seed),
+        self.sampler, self.loader = training_loader(
+            self.train_set, config, self.steps_per_epoch, self.dist, self.device
         )
         self._start_run_dir(resume)
 
@@ -222,16 +119,8 @@ class Trainer:
             self.recalibration = Recalibration(pairs, train.recalibrate_bn, prepare)
 
     def _build_networks(self) -> None:
-        spec, config, train = self.spec, self.config, self.config.train
-        self.generator = build_generator(spec.architecture, spec.in_channels, spec.out_channels)
-        self.discriminators = build_discriminators(config, spec.in_channels, spec.out_channels)
-        init_weights(self.generator)
-        init_weights(self.discriminators["discriminator"])
-        if config.discriminator.spectral_norm:
-            spectral_normalize(self.discriminators["discriminator"])  # after the init it undoes
-        self.discriminators |= build_extra_discriminators(
-            config, spec.in_channels, spec.out_channels
-        )
+        config, train = self.config, self.config.train
+        self.generator, self.discriminators = build_networks(config, self.spec)
         if train.sync_batchnorm:
             self.generator = distributed.sync_batchnorm(self.generator, self.dist)
             for name, module in self.discriminators.items():
@@ -278,12 +167,10 @@ class Trainer:
 
     def _wrap_networks(self) -> TermContext:
         """The modules the iteration runs: DDP-wrapped when distributed, compiled when asked.
-
         G's step reaches the discriminators through the bare modules when distributed: their
-        weights are frozen there, so there is nothing for DDP to reduce.
-        """
+        weights are frozen there, so there is nothing for DDP to reduce."""
         compile_ = torch.compile if self.config.train.compile else (lambda module: module)
-        self.generator_step = compile_(distributed.wrap(self.generator, self.dist, self.device))
+        self.generator_forward = compile_(distributed.wrap(self.generator, self.dist, self.device))
         eager = {
             name: distributed.wrap(module, self.dist, self.device)
             for name, module in self.discriminators.items()
@@ -328,20 +215,20 @@ class Trainer:
             if self.config.train.color_loss == "classification":
                 # D and L1 judge the bins decoded by the annealed mean, the ab the served
                 # model returns.
-                bin_logits = self.generator_step(real_a, logits=True)
+                bin_logits = self.generator_forward(real_a, logits=True)
                 fake_b = self.generator.decode(bin_logits)
             else:
-                fake_b = self.generator_step(real_a)
+                fake_b = self.generator_forward(real_a)
         stats = (
-            self.discriminator_step(real_a, real_b, fake_b) if self.objective.adversarial else {}
+            self.discriminator_update(real_a, real_b, fake_b) if self.objective.adversarial else {}
         )
-        stats |= self.generator_step_update(real_a, real_b, fake_b, bin_logits)
+        stats |= self.generator_update(real_a, real_b, fake_b, bin_logits)
         self.scheduler_g.step()
         if self.objective.adversarial:
             self.scheduler_d.step()
         return stats
 
-    def discriminator_step(self, real_a, real_b, fake_b) -> Losses:
+    def discriminator_update(self, real_a, real_b, fake_b) -> Losses:
         """``train.d_steps`` updates of the discriminators on real pairs and generated ones,
         ``detach``ed so that no update reaches into G; the statistics are their mean."""
         d_steps = self.config.train.d_steps
@@ -363,7 +250,7 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         return {name: value if torch.is_tensor(value) else zero for name, value in sums.items()}
 
-    def generator_step_update(self, real_a, real_b, fake_b, bin_logits) -> Losses:
+    def generator_update(self, real_a, real_b, fake_b, bin_logits) -> Losses:
         """One update of G: fool the frozen discriminators and stay close to B."""
         self.optimizer_g.zero_grad(set_to_none=True)
         for network in self.discriminators.values():
@@ -373,29 +260,9 @@ class Trainer:
         self.scaler_g.step(self.optimizer_g)
         self.scaler_g.update()
         if self.generator_ema is not None:
-            self.update_ema()
+            decay = self.config.train.ema_decay
+            update_average(self.generator_ema, self.generator, self.step, decay)
         return {name: value.detach() for name, value in losses.items()}
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """Move the average a step towards the generator's new weights.
-
-        The decay ramps up as (1 + step) / (10 + step) to ``train.ema_decay``: at a fixed
-        0.999 the random initial weights would still make up 37% of the average after 1000
-        steps.
-        """
-        step = self.step  # updates done before this one
-        decay = min(self.config.train.ema_decay, (1 + step) / (10 + step))
-        pairs = zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True)
-        for average, weight in pairs:
-            average.lerp_(weight, 1.0 - decay)
-        # Batch-norm running statistics are copied, not averaged: they are already a moving
-        # average, of the activations of the generator that sees the training batches, and an
-        # average of that average would lag a thousand steps behind. (The step counter in
-        # num_batches_tracked cannot be averaged at all.)
-        pairs = zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True)
-        for average, buffer in pairs:
-            average.copy_(buffer)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, non_blocking=True).contiguous(
@@ -425,15 +292,7 @@ class Trainer:
         interval = IntervalMeter(names, self.device, train.batch_size * world, world)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self.last_logged: dict = {}
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=not self.progress or not self.dist.is_main,
-            desc=self.config.name,
-            unit="step",
-            dynamic_ncols=True,
-        )
-        self._log_start()
+        bar = self._progress_bar()
         with open(metrics_path, "a", encoding="utf-8") as metrics_file:
             for epoch, batch in interval.timed(self.batches()):
                 real_a, real_b = self._to_device(batch["A"]), self._to_device(batch["B"])
@@ -454,18 +313,18 @@ class Trainer:
             "warnings": self.monitor.warnings,
         }
 
-    def _log_start(self) -> None:
-        train = self.config.train
+    def _progress_bar(self) -> tqdm:
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         logger.info(
             "training %s on %s (%s): %d steps, %d per epoch, batch %d x %d processes",
-            self.config.name,
-            self.device,
-            {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype],
-            self.total_steps,
-            self.steps_per_epoch,
-            train.batch_size,
-            self.dist.world_size,
+            *(self.config.name, self.device, precision, self.total_steps, self.steps_per_epoch),
+            *(self.config.train.batch_size, self.dist.world_size),
         )
+        show = self.progress and self.dist.is_main
+        return tqdm(
+            total=self.total_steps, initial=self.step, disable=not show, desc=self.config.name,
+            unit="step", dynamic_ncols=True,
+        )  # fmt: skip
 
     def _after_step(self, epoch, interval, nonfinite, metrics_file, bar) -> bool:
         """Log, validate and checkpoint where the step calls for it; True to stop early."""
@@ -556,13 +415,8 @@ class Trainer:
         rng_ranks = self.dist.gather(checkpointing.rng_state(self.device))
         if not self.dist.is_main:
             return checkpoints / name
-        state = {
-            "step": self.step,
-            **{key: getattr(self, key).state_dict() for key in OPTIMIZATION_STATE},
-            "rng": checkpointing.rng_state(self.device),
-            "pool_rng": self.pool.random.get_state() if self.pool.random is not None else None,
-            "monitor": self.monitor.state_dict(),
-        }
+        resumable = {key: getattr(self, key) for key in (*OPTIMIZATION_STATE, "monitor")}
+        state = checkpointing.training_state(self.step, resumable, self.pool.random, self.device)
         if self.dist.enabled:
             state["rng_ranks"] = rng_ranks
         raw = self.generator if self.generator_ema is not None else None
@@ -576,17 +430,10 @@ class Trainer:
         checkpointing.load_generators(folder, checkpoint, self.generator, self.generator_ema)
         for name, weights in checkpoint.discriminators.items():
             self.discriminators[name].load_state_dict(weights)
-        state = checkpoint.state
-        for key in OPTIMIZATION_STATE:
-            # Checkpoints from before the split into two scalers hold one for both networks.
-            saved = "scaler" if key.startswith("scaler") and key not in state else key
-            getattr(self, key).load_state_dict(state[saved])
-        checkpointing.restore_rng(state, self.dist.rank, self.dist.world_size, self.device)
-        if state.get("pool_rng") is not None and self.pool.random is not None:
-            self.pool.random.set_state(state["pool_rng"])
-        self.step = int(state["step"])
-        if "monitor" in state:
-            self.monitor.load_state_dict(state["monitor"])
+        resumable = {key: getattr(self, key) for key in (*OPTIMIZATION_STATE, "monitor")}
+        checkpointing.restore_training_state(checkpoint.state, resumable, self.pool.random)
+        checkpointing.restore_rng(checkpoint.state, self.dist, self.device)
+        self.step = int(checkpoint.state["step"])
         logger.info("resumed %s at step %d from %s", self.config.name, self.step, folder)
 
 
