@@ -6,6 +6,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from pix2pix.cli import build_parser
 from tests.conftest import write_label_dataset
 
 
@@ -89,3 +90,20 @@ def test_bad_flags_exit_with_usage_errors(tmp_path):
 def test_translate_reports_unusable_inputs(tmp_path):
     result = pix2pix("translate", tmp_path / "no-model", tmp_path, "--out", tmp_path / "o")
     assert result.returncode == 1 and "no such file or directory" in result.stderr
+
+
+def test_palette_tolerance_is_one_flag_with_tolerance_as_a_hidden_alias():
+    parser = build_parser()
+    verbs = {
+        "translate": (["translate", "model", "image.png", "--out", "out"], None),
+        "segmenter train": (["segmenter", "train", "--data", "data"], 0),
+    }
+    for name, (argv, default) in verbs.items():
+        assert parser.parse_args(argv).palette_tolerance == default, name
+        for flag in ("--palette-tolerance", "--tolerance"):
+            assert parser.parse_args([*argv, flag, "255"]).palette_tolerance == 255, (name, flag)
+        help_text = pix2pix(*name.split(), "--help").stdout
+        assert "--palette-tolerance" in help_text and "--tolerance" not in help_text, name
+    evaluate = ["evaluate", "model", "--data", "data"]
+    assert parser.parse_args(evaluate).palette_tolerance is None
+    assert parser.parse_args([*evaluate, "--palette-tolerance", "9"]).palette_tolerance == 9

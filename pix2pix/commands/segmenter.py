@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pix2pix.commands.common import add_hidden_alias
+
 
 def register(verbs: argparse._SubParsersAction) -> None:
     tools = verbs.add_parser(
@@ -21,7 +23,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--layout", default="folders", choices=("folders", "aligned"))
     parser.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
     parser.add_argument("--palette", default="palette.json")
-    parser.add_argument("--tolerance", type=int, default=0, help="label-color tolerance")
+    parser.add_argument(
+        "--palette-tolerance",
+        type=int,
+        default=0,
+        help="accept label colors this far (per channel, 0..255) from a palette color, as "
+        "data.palette_tolerance (255 = nearest)",
+    )
+    add_hidden_alias(parser, "--tolerance", "palette_tolerance", type=int)
     parser.add_argument(
         "--size", type=int, default=0, help="training size (default: the photos' height)"
     )
@@ -45,9 +54,8 @@ def run_train(args: argparse.Namespace, extra: list[str]) -> int:
         train_segmenter,
     )
 
-    options = {
-        name: getattr(args, name) for name in ("layout", "direction", "palette", "tolerance")
-    }
+    options = {name: getattr(args, name) for name in ("layout", "direction", "palette")}
+    options["tolerance"] = args.palette_tolerance
     multiple = 2**args.num_downs
     size = args.size or first_image_size(segmentation_data_config(args.data, multiple, **options))
     size = max(size // multiple * multiple, multiple)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from model.choices import IMAGE_FORMAT_ALIASES, IMAGE_FORMAT_NAMES, RESIZE_MODES, image_format
 from model.export_formats import RUNTIMES
 from model.spec import INFERENCE_MODES
-from pix2pix.commands.common import EXIT_FAILURE, UsageError
+from pix2pix.commands.common import EXIT_FAILURE, UsageError, add_hidden_alias
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +44,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="label maps: accept colors this far (per channel, 0..255) from a palette color "
         "(default: the tolerance the model was trained with, from its spec)",
     )
+    add_hidden_alias(parser, "--tolerance", "palette_tolerance", type=int)
     add_running_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
