@@ -72,6 +72,38 @@ def _return_freed_memory_to_the_os() -> None:
     libc.mallopt(m_arena_max, 2)
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as typed JSON (``error_body``) with its status code; nothing unexpected
+    leaks a traceback to the client."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(
+            error_body(error.code, error.message), status_code=error.status, headers=error.headers
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(error.status_code, "error")
+        message = error.detail if isinstance(error.detail, str) else str(error.detail)
+        return JSONResponse(
+            error_body(code, message), status_code=error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        return JSONResponse(error_body("invalid_request", problems), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _configure_logging()
@@ -120,32 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(
-            error_body(error.code, error.message), status_code=error.status, headers=error.headers
-        )
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(error.status_code, "error")
-        message = error.detail if isinstance(error.detail, str) else str(error.detail)
-        return JSONResponse(
-            error_body(code, message), status_code=error.status_code, headers=error.headers
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in error.errors()
-        )
-        return JSONResponse(error_body("invalid_request", problems), status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+    _add_error_handlers(app)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -265,44 +265,13 @@ def evaluate_model(
     if inference_mode is not None:
         name = name or f"{_model_name(Path(model))} ({inference_mode})"
 
-    loaded_segmenter = None
-    if spec.input_kind == "label_map":
-        segmenter_path = find_segmenter(data_root, segmenter)
-        if segmenter_path is None:
-            notes.append(
-                "FCN-score skipped: no segmenter (train one with `pix2pix segmenter train "
-                f"--data {data_root}`, or pass --segmenter)"
-            )
-        else:
-            loaded_segmenter = Segmenter.load(segmenter_path, device)
-            loaded_segmenter.check_palette(spec.palette, str(segmenter_path))
-    elif segmenter is not None:
-        notes.append("the segmenter was not used: the FCN-score needs a label-map model")
-
-    features = None
-    if inception is None:
-        notes.append("FID and KID skipped: pass --inception WEIGHTS (nothing is downloaded)")
-    else:
-        try:
-            features = metrics.InceptionFeatures(inception).to(device)
-        except (OSError, ValueError, RuntimeError) as error:
-            raise DataError(f"{inception}: cannot use these Inception weights ({error})") from error
+    loaded_segmenter = _load_segmenter(spec, data_root, segmenter, device, notes)
+    features = _load_inception(inception, device, notes)
 
     scores = _Scores(spec, loaded_segmenter, keep_images=features is not None)
     chosen = sample_indices(len(dataset), samples)
-    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     started = time.perf_counter()
-    indices = range(0, len(dataset), batch_size)
-    for start in tqdm(indices, disable=not progress, desc="evaluate", unit="batch"):
-        positions = range(start, min(start + batch_size, len(dataset)))
-        pairs = [dataset.arrays(i) for i in positions]
-        inputs = np.stack([a for a, _ in pairs])
-        outputs = np.stack(translator.translate_arrays([a for a, _ in pairs]))
-        targets = np.stack([_as_rgb(b) for _, b in pairs])
-        scores.update(inputs, outputs, targets)
-        for j, index in enumerate(positions):
-            if index in chosen:
-                kept.append((input_preview(pairs[j][0], spec), outputs[j], targets[j]))
+    kept = _score_dataset(translator, dataset, scores, chosen, batch_size, progress)
     values, per_class, curves = scores.results()
     if features is not None:
         values |= metrics.distribution_scores(
@@ -327,6 +296,53 @@ def evaluate_model(
         samples=kept,
         training_log=str(log) if log else None,
     )
+
+
+def _load_segmenter(spec, data_root, segmenter, device: str, notes: list[str]):
+    """The FCN-score's segmenter for a label-map model, or None with a note saying why."""
+    if spec.input_kind != "label_map":
+        if segmenter is not None:
+            notes.append("the segmenter was not used: the FCN-score needs a label-map model")
+        return None
+    segmenter_path = find_segmenter(data_root, segmenter)
+    if segmenter_path is None:
+        notes.append(
+            "FCN-score skipped: no segmenter (train one with `pix2pix segmenter train "
+            f"--data {data_root}`, or pass --segmenter)"
+        )
+        return None
+    loaded = Segmenter.load(segmenter_path, device)
+    loaded.check_palette(spec.palette, str(segmenter_path))
+    return loaded
+
+
+def _load_inception(inception, device: str, notes: list[str]):
+    """The Inception features for FID and KID, or None with a note: nothing is downloaded."""
+    if inception is None:
+        notes.append("FID and KID skipped: pass --inception WEIGHTS (nothing is downloaded)")
+        return None
+    try:
+        return metrics.InceptionFeatures(inception).to(device)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise DataError(f"{inception}: cannot use these Inception weights ({error})") from error
+
+
+def _score_dataset(translator, dataset, scores, chosen, batch_size: int, progress: bool):
+    """Translate the split batch by batch into ``scores``; returns the ``chosen`` samples as
+    (input preview, output, target)."""
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    indices = range(0, len(dataset), batch_size)
+    for start in tqdm(indices, disable=not progress, desc="evaluate", unit="batch"):
+        positions = range(start, min(start + batch_size, len(dataset)))
+        pairs = [dataset.arrays(i) for i in positions]
+        inputs = np.stack([a for a, _ in pairs])
+        outputs = np.stack(translator.translate_arrays([a for a, _ in pairs]))
+        targets = np.stack([_as_rgb(b) for _, b in pairs])
+        scores.update(inputs, outputs, targets)
+        for j, index in enumerate(positions):
+            if index in chosen:
+                kept.append((input_preview(pairs[j][0], translator.spec), outputs[j], targets[j]))
+    return kept
 
 
 def _model_name(path: Path) -> str:

@@ -257,25 +257,7 @@ def train_segmenter(
         generator=torch.Generator().manual_seed(seed),
     )
     started = time.perf_counter()
-    step, epoch, running = 0, 0, 0.0
-    bar = tqdm(total=steps, disable=not progress, desc="segmenter", unit="step")
-    while step < steps:
-        train_set.set_epoch(epoch)
-        epoch += 1
-        for photos, positions in loader:
-            logits = network(photos.to(device))
-            loss = functional.cross_entropy(logits, positions.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.3f}")
-            if step >= steps:
-                break
-    bar.close()
+    running = _optimize(network, loader, train_set, optimizer, schedule, steps, device, progress)
     seconds = time.perf_counter() - started
     segmenter = Segmenter(network, spec, device)
     val_scores = score_real_photos(segmenter, data, "val")
@@ -298,6 +280,31 @@ def train_segmenter(
         out,
     )
     return {"out": str(out), **trained}
+
+
+def _optimize(network, loader, train_set, optimizer, schedule, steps, device, progress) -> float:
+    """``steps`` steps of cross-entropy over the loader, epoch after epoch; returns the
+    smoothed final loss."""
+    step, epoch, running = 0, 0, 0.0
+    bar = tqdm(total=steps, disable=not progress, desc="segmenter", unit="step")
+    while step < steps:
+        train_set.set_epoch(epoch)
+        epoch += 1
+        for photos, positions in loader:
+            logits = network(photos.to(device))
+            loss = functional.cross_entropy(logits, positions.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3f}")
+            if step >= steps:
+                break
+    bar.close()
+    return running
 
 
 def score_real_photos(segmenter: Segmenter, data: DataConfig, split: str):
