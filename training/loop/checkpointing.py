@@ -34,6 +34,7 @@ from model.checkpoint import (
 from model.spec import SPEC_FILENAME, GeneratorSpec
 from training.errors import TrainingError
 from training.loop.distributed import DistributedContext
+from training.loop.networks import DISCRIMINATOR_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +99,12 @@ def write(
 def read(folder: Path, discriminators: tuple[str, ...], spec: GeneratorSpec) -> Checkpoint:
     """Read a checkpoint for a run that trains ``discriminators`` with ``spec``; refuses one
     written by another config, and names the file it cannot read."""
-    semantic = "semantic_discriminator"
-    if (folder / weights_file(semantic)).is_file() != (semantic in discriminators):
+    saved = {path.name.removesuffix(".safetensors") for path in folder.glob("*.safetensors")}
+    for name in sorted(saved.symmetric_difference(discriminators) - {"generator", "generator_raw"}):
+        option = DISCRIMINATOR_OPTIONS.get(name, "the config")
         raise TrainingError(
-            f"{folder}: the checkpoint was trained "
-            + ("with" if (folder / weights_file(semantic)).is_file() else "without")
-            + " a semantic discriminator (train.lambda_semantic); resume with the "
-            "run's own config.toml"
+            f"{folder}: the checkpoint was trained {'with' if name in saved else 'without'} a "
+            f"{name.replace('_', ' ')} ({option}); resume with the run's own config.toml"
         )
     try:
         generator = load_file(str(folder / GENERATOR_WEIGHTS))

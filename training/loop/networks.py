@@ -38,6 +38,10 @@ def build_discriminators(config: Config, in_channels: int, out_channels: int):
     }
 
 
+# The discriminators that terms bring, by name, and the option that asks for each.
+DISCRIMINATOR_OPTIONS = {"semantic_discriminator": "train.lambda_semantic"}
+
+
 def build_extra_discriminators(config: Config, in_channels: int, out_channels: int):
     """The discriminators that terms bring, initialized: OASIS's segmenting one
     (``train.lambda_semantic``), whose classes are the map's one-hot channels."""
