@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("canny", "xdog")
 SPLITS = ("train", "val", "test")
-# What this tool writes into its output folder, and all that --overwrite removes there.
+# The options file in the output folder; --overwrite removes it with the split folders.
 MANIFEST = "edges.json"
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
