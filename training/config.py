@@ -133,6 +133,8 @@ class DiscriminatorConfig:
 
 
 D_AUGMENTS = ("color", "translation", "cutout")
+# What train.trackers may name (training.loop.tracking implements each).
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 # The semantic discriminator halves the image this many times (the trainer builds it so), so
 # the crop size must be a multiple of 2 ** SEMANTIC_LEVELS.
 SEMANTIC_LEVELS = 4
@@ -205,6 +207,10 @@ class TrainConfig:
     # lambda_gan then act on the decoded ab.
     color_loss: str = "l1"
     lambda_classification: float = 1.0
+    # Where the curves and sample grids go as the run goes, besides metrics.jsonl: any of
+    # "tensorboard" (runs/<name>/tensorboard), "mlflow" and "wandb" (the extras pix2pix[mlflow]
+    # and pix2pix[wandb]); [] = none. On the command line: --train.trackers tensorboard,mlflow.
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     @property
     def d_augment_policy(self) -> tuple[str, ...]:
@@ -227,6 +233,14 @@ class TrainConfig:
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
         for policy in self.d_augment_policy:
             _choice("train.d_augment", policy, D_AUGMENTS)
+        for tracker in self.trackers:
+            if tracker not in TRACKERS:
+                raise ConfigError(
+                    f"train.trackers: unknown tracker {tracker!r}; known: {', '.join(TRACKERS)} "
+                    "(an empty list, or --train.trackers '', turns tracking off)"
+                )
+        if len(set(self.trackers)) < len(self.trackers):
+            raise ConfigError(f"train.trackers names a tracker twice: {self.trackers}")
         if self.epochs + self.epochs_decay == 0 and self.max_steps == 0:
             raise ConfigError("train.epochs + train.epochs_decay is 0: nothing to train")
         for key in ("lambda_feat", "r1_gamma", "lambda_semantic"):
@@ -365,6 +379,8 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Check a TOML value, or convert a command-line string, to the field's type."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) is list:
+        return _coerce_list(key, value, typing.get_args(kind)[0])
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         try:
@@ -382,6 +398,17 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{key} expects {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _coerce_list(key: str, value: Any, item_kind: type) -> list:
+    """A TOML array, or a comma-separated command-line string (an empty one: the empty list)."""
+    if isinstance(value, str):
+        value = list(_names(value))
+    if not isinstance(value, list | tuple):
+        raise ConfigError(
+            f"{key} expects a list of {item_kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return [_coerce(f"{key}[{index}]", item, item_kind) for index, item in enumerate(value)]
 
 
 def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:

@@ -50,6 +50,11 @@ def create(run_dir: Path, config: Config, spec: GeneratorSpec) -> None:
     spec.save(run_dir / SPEC_FILENAME)
 
 
+def sample_grid_path(run_dir: Path, step: int) -> Path:
+    """Where the validation at ``step`` saves its A | G(A) | B grid."""
+    return run_dir / SAMPLES_DIR / f"step_{step:08d}.png"
+
+
 def append_record(metrics_file, record: dict) -> None:
     """One line of ``metrics.jsonl``, flushed at once: it is what a person tails while the run
     goes on."""

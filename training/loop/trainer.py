@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from model.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
 from training.config import Config, ConfigError
 from training.data.datasets import PairedDataset, make_spec
 from training.errors import DataError, TrainingError
-from training.loop import checkpointing, distributed, optim, run_directory
+from training.loop import checkpointing, distributed, optim, run_directory, tracking
 from training.loop.devices import autocast_dtype, select_device
 from training.loop.discriminator_augment import PairAugment
 from training.loop.meter import IntervalMeter
 from training.loop.monitor import MonitorSettings, TrainingMonitor
 from training.loop.networks import build_networks, update_average
 from training.loop.pool import HistoryPool
-from training.loop.run_directory import METRICS_FILENAME, load_run_config
+from training.loop.reporting import Reporter
+from training.loop.run_directory import load_run_config
 from training.loop.sampling import training_loader
 from training.loop.terms import Losses, TermContext, build_objective
 from training.loop.validation import Recalibration, Validator
@@ -54,6 +53,8 @@ class Trainer:
         self.dist, device_name = distributed.setup(train.device)
         self.device = select_device(device_name)
         self._check_settings()
+        # A tracker that is not installed stops the run here, before it trains.
+        self.trackers = tracking.build_trackers(train.trackers, active=self.dist.is_main)
         self.amp_dtype = autocast_dtype(train.precision, self.device)
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
@@ -285,15 +286,22 @@ class Trainer:
         self.generator.train()
         for network in self.discriminators.values():
             network.train()
-        # Only rank 0 writes the log; the others run the same code into the void.
-        metrics_path = self.run_dir / METRICS_FILENAME if self.dist.is_main else Path(os.devnull)
         world = self.dist.world_size
         names = self.objective.names
         interval = IntervalMeter(names, self.device, train.batch_size * world, world)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self.last_logged: dict = {}
-        bar = self._progress_bar()
-        with open(metrics_path, "a", encoding="utf-8") as metrics_file:
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        logger.info(
+            "training %s on %s (%s): %d steps, %d per epoch, batch %d x %d processes",
+            *(self.config.name, self.device, precision, self.total_steps, self.steps_per_epoch),
+            *(train.batch_size, world),
+        )
+        self.reporter = Reporter(
+            self.config, self.trackers, self.dist.is_main, self.step, self.total_steps,
+            self.progress,
+        )  # fmt: skip
+        with self.reporter:
             for epoch, batch in interval.timed(self.batches()):
                 real_a, real_b = self._to_device(batch["A"]), self._to_device(batch["B"])
                 stats = self.train_step(real_a, real_b)
@@ -301,10 +309,9 @@ class Trainer:
                 nonfinite |= ~torch.isfinite(values).all()
                 interval.add(values)
                 self.step += 1
-                bar.update(1)
-                if self._after_step(epoch, interval, nonfinite, metrics_file, bar):
+                self.reporter.advance()
+                if self._after_step(epoch, interval, nonfinite):
                     break
-        bar.close()
         return {
             "step": self.step,
             "run_dir": str(self.run_dir),
@@ -313,20 +320,7 @@ class Trainer:
             "warnings": self.monitor.warnings,
         }
 
-    def _progress_bar(self) -> tqdm:
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
-        logger.info(
-            "training %s on %s (%s): %d steps, %d per epoch, batch %d x %d processes",
-            *(self.config.name, self.device, precision, self.total_steps, self.steps_per_epoch),
-            *(self.config.train.batch_size, self.dist.world_size),
-        )
-        show = self.progress and self.dist.is_main
-        return tqdm(
-            total=self.total_steps, initial=self.step, disable=not show, desc=self.config.name,
-            unit="step", dynamic_ncols=True,
-        )  # fmt: skip
-
-    def _after_step(self, epoch, interval, nonfinite, metrics_file, bar) -> bool:
+    def _after_step(self, epoch, interval, nonfinite) -> bool:
         """Log, validate and checkpoint where the step calls for it; True to stop early."""
         train, step, per_epoch = self.config.train, self.step, self.steps_per_epoch
         last = step == self.total_steps
@@ -346,13 +340,16 @@ class Trainer:
                 "train.precision = 'fp32', or check the data"
             )
         if at_log:
-            self._log_interval(epoch, interval, metrics_file, bar)
+            self._log_interval(epoch, interval)
         stop_early = False
         if at_sample:
             validation = {"kind": "val", "step": step, **self.validate(save_grid=True)}
-            run_directory.append_record(metrics_file, validation)
+            self.reporter.validation_record(validation)
             stop = self.monitor.observe_validation(validation)
             stop_early = self.dist.any(torch.tensor(stop, device=self.device))
+        if at_save or keep_epoch or stop_early:
+            # What a kill after this checkpoint would lose is only what a resume logs again.
+            self.reporter.flush()
         if at_save or keep_epoch:
             self.save_checkpoint(keep_as_epoch=keep_epoch)
         if stop_early:
@@ -365,7 +362,7 @@ class Trainer:
             interval.restart()
         return False
 
-    def _log_interval(self, epoch: int, interval: IntervalMeter, metrics_file, bar) -> None:
+    def _log_interval(self, epoch: int, interval: IntervalMeter) -> None:
         record = {"kind": "train", "step": self.step, "epoch": epoch}
         record.update(interval.means(self.dist.sum))
         record["lr"] = self.scheduler_g.get_last_lr()[0]
@@ -373,13 +370,8 @@ class Trainer:
             record["lr_d"] = self.scheduler_d.get_last_lr()[0]
         record.update(interval.rates())
         record.update(self.monitor.observe_train(record))
-        run_directory.append_record(metrics_file, record)
+        self.reporter.train_record(record)
         self.last_logged = record
-        postfix = {"G_L1": f"{record['G_L1']:.3f}", "img_s": f"{record['images_per_s']:.1f}"}
-        if self.objective.adversarial:
-            postfix["G_GAN"] = f"{record['G_GAN']:.3f}"
-            postfix["D"] = f"{(record['D_real'] + record['D_fake']) / 2:.3f}"
-        bar.set_postfix(postfix)
 
     # -- validation and checkpoints ---------------------------------------------------------
 
@@ -399,7 +391,7 @@ class Trainer:
         """Val L1 of the served generator and, with ``save_grid``, a sample grid. Every rank
         validates (SyncBatchNorm in train mode needs all of them); rank 0 writes."""
         self.recalibrate_batch_norm()
-        grid = self.run_dir / run_directory.SAMPLES_DIR / f"step_{self.step:08d}.png"
+        grid = run_directory.sample_grid_path(self.run_dir, self.step)
         result = self.validator(
             self.servable_generator, grid if save_grid and self.dist.is_main else None
         )
