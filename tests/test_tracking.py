@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 from training.config import ConfigError, load_config
 from training.loop.monitor import COLLAPSED, OK, WINNING
-from training.loop.tracking import record_scalars
+from training.loop.tracking import Tracker, record_scalars
 from training.loop.trainer import Trainer
 
 # Three steps an epoch on the 6-pair label set: 6 steps, each one logged, a checkpoint every 2,
@@ -156,6 +156,45 @@ def test_no_trackers_write_nothing_beside_the_run(label_dataset, tmp_path):
     Trainer(config, progress=False).train()
     assert not (config.run_dir / "tensorboard").exists()
     assert not (config.run_dir / "trackers.json").exists()
+
+
+class BrokenTracker(Tracker):
+    """Starts, then fails as a tracker whose server went away would."""
+
+    def __init__(self):
+        self.closed_as: bool | None = None
+
+    def start(self, config, step):
+        pass
+
+    def scalars(self, step, values):
+        raise OSError("connection refused")
+
+    def image(self, step, name, path):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self, succeeded):
+        self.closed_as = succeeded
+
+
+def test_a_tracker_that_fails_is_dropped_with_a_warning_and_the_run_goes_on(
+    label_dataset, tmp_path, caplog
+):
+    config = tiny_config(
+        label_dataset, tmp_path / "runs", **{"train.max_steps": "4", "train.log_every": "1"}
+    )
+    trainer = Trainer(config, progress=False)
+    broken = BrokenTracker()
+    trainer.trackers = [broken, *trainer.trackers]
+    assert trainer.train()["step"] == 4
+    assert "BrokenTracker tracker failed (OSError: connection refused)" in caplog.text
+    assert broken.closed_as is False
+    assert scalar_steps(events(config.run_dir))["train/G_L1"] == [1, 2, 3, 4]
+    records = (config.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in records] == [1, 2, 3, 4, 4]
 
 
 @pytest.mark.parametrize("name", ["mlflow", "wandb"])
