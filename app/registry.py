@@ -25,6 +25,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.workers import inference_threads
 from model.errors import CheckpointError, SpecError
+from model.example_inputs import ExampleInput, example_inputs
 from model.model_folders import model_files, model_version, resolve_model_folder
 from model.runtime import Runtime, load_model
 from model.spec import GeneratorSpec
@@ -68,6 +69,8 @@ class ServedModel:
     error: str | None = None
     load_seconds: float = 0.0
     runtime_timings_ms: dict[str, float] = field(default_factory=dict)
+    # The scenes and examples its spec lists, each checked to be in its folder.
+    examples: list[ExampleInput] = field(default_factory=list)
     version: str | None = None
     fingerprint: tuple | None = None
     # The files of a newer version that failed to load, so an unchanged failure is not retried.
@@ -338,6 +341,8 @@ class ModelRegistry:
                 threads=inference_threads(self.settings.threads),
                 spinning=False,
             )
+            # A listed example that is missing refuses the version, as a missing file would.
+            served.examples = example_inputs(loaded.folder, loaded.spec)
             served.spec, served.runtime = loaded.spec, loaded.runtime
             served.runtime_timings_ms = loaded.timings_ms
         except LOAD_ERRORS as error:

@@ -21,7 +21,9 @@ import torch
 from model.atomic_files import make_readable
 from model.checkpoint import apply_inference_mode, load_generator
 from model.errors import CheckpointError
+from model.example_inputs import copy_example_inputs
 from model.export_formats import EXPORT_FORMATS, ONNX, ExportFormat, export_format, write_onnx
+from model.model_folders import resolve_model_folder
 from model.recalibration import RECALIBRATION_BATCH, recalibrate_batch_norm
 from model.runtime import OnnxRuntime, TorchRuntime, build_runtime
 from model.spec import SPEC_FILENAME, GeneratorSpec
@@ -97,6 +99,8 @@ def export_model(
         export_info = {"format": format, "half": half} | ({"int8": True} if int8 else {})
         spec = dataclasses.replace(spec, extra={**spec.extra, "export": export_info})
         spec.save(staging / SPEC_FILENAME)
+        # The scenes and examples the spec lists travel with the model.
+        copy_example_inputs(resolve_model_folder(source), spec, staging)
         reference = TorchRuntime(copy.deepcopy(generator), "cpu", channels_last=False)
         parity, fidelity = {}, None
         if int8:

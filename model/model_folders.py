@@ -5,6 +5,8 @@ A *model folder* holds ``spec.json`` and at least one weights file, one per expo
 Runtime) or ``generator.torchscript.pt`` (TorchScript).
 A run directory points at its newest checkpoint (itself a model folder) through
 ``checkpoints/latest``, a one-line file replaced atomically.
+A model folder may also ship example inputs in ``examples/``, listed in its spec (see
+``model.example_inputs``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ GENERATOR_WEIGHTS = SAFETENSORS.weight_file  # what checkpoints hold and PyTorch
 WEIGHT_FILES = tuple(entry.weight_file for entry in EXPORT_FORMATS)
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_POINTER = "latest"
+EXAMPLES_DIR = "examples"
 VERSION_LENGTH = 12  # hex digits: 48 bits, ample to tell apart the versions of one model
 
 
@@ -64,12 +67,17 @@ def load_spec(path: str | Path) -> GeneratorSpec:
 
 
 def model_files(folder: Path) -> list[Path]:
-    """The files that make a model folder what it is: its spec and every weights file present."""
-    return [folder / name for name in (SPEC_FILENAME, *WEIGHT_FILES) if (folder / name).is_file()]
+    """The files that make a model folder what it is: its spec, every weights file present and
+    the files in its ``examples/`` folder (so a new example is a new version to serve)."""
+    files = [folder / name for name in (SPEC_FILENAME, *WEIGHT_FILES) if (folder / name).is_file()]
+    examples = folder / EXAMPLES_DIR
+    if examples.is_dir():
+        files += sorted(path for path in examples.iterdir() if path.is_file())
+    return files
 
 
 def model_version(path: str | Path) -> str:
-    """A short hex content hash of the spec and weights of a model folder or run directory.
+    """A short hex content hash of the files (``model_files``) of a model folder or run directory.
 
     Two folders with the same files have the same version wherever they live, so a copy
     deployed again is recognised as unchanged.
@@ -79,7 +87,8 @@ def model_version(path: str | Path) -> str:
     for file in model_files(folder):
         with open(file, "rb") as stream:
             # Name and length first, so no two different sets of files hash alike.
-            digest.update(f"{file.name}\0{os.fstat(stream.fileno()).st_size}\0".encode())
+            name = file.relative_to(folder).as_posix()
+            digest.update(f"{name}\0{os.fstat(stream.fileno()).st_size}\0".encode())
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:VERSION_LENGTH]

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
@@ -45,6 +45,11 @@ class PaletteEntry(BaseModel):
     color: tuple[int, int, int]
 
 
+class ExampleInfo(BaseModel):
+    name: str = Field(description="what the example shows")
+    url: str = Field(description="where to GET its file (PNG, JPEG or WebP)")
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str | None
@@ -60,12 +65,18 @@ class ModelInfo(BaseModel):
     description: str | None = Field(
         description="what the model was trained on and how, as its training config says"
     )
+    scenes: list[ExampleInfo] = Field(
+        description="label maps in the palette to start painting from (label-map models)"
+    )
+    examples: list[ExampleInfo] = Field(
+        description="inputs to try, of the kind the model takes (label maps or photos)"
+    )
     train_size: int | None
     pad_multiple: int | None
     inference_mode: str | None
     runtime: str
     version: str | None = Field(
-        description="short content hash of the weights and spec being served"
+        description="short content hash of the weights, spec and example files being served"
     )
     status: str
     error: str | None = Field(
@@ -92,8 +103,20 @@ class ReloadResult(BaseModel):
     unchanged: list[str]
 
 
+def example_url(served: ServedModel, file_name: str) -> str:
+    return f"/v1/models/{served.name}/examples/{file_name}"
+
+
 def describe(served: ServedModel) -> ModelInfo:
     spec = served.spec
+    listed = {
+        kind: [
+            ExampleInfo(name=example.name, url=example_url(served, example.file_name))
+            for example in served.examples
+            if example.kind == kind
+        ]
+        for kind in ("scene", "example")
+    }
     return ModelInfo(
         name=served.name,
         task=spec.task if spec else None,
@@ -107,6 +130,8 @@ def describe(served: ServedModel) -> ModelInfo:
         ],
         palette_tolerance=spec.palette_tolerance if spec else None,
         description=(str(spec.extra.get("description") or "") or None) if spec else None,
+        scenes=listed["scene"],
+        examples=listed["example"],
         train_size=spec.train_size if spec else None,
         pad_multiple=spec.pad_multiple if spec else None,
         inference_mode=spec.inference_mode if spec else None,
@@ -122,6 +147,37 @@ def describe(served: ServedModel) -> ModelInfo:
 async def list_models(registry: ModelRegistry = Depends(get_registry)) -> ModelList:
     # On the event loop, where the registry changes, so the listing is never half a swap.
     return ModelList(models=[describe(m) for m in registry.models.values()])
+
+
+@router.get(
+    "/models/{name}/examples/{file_name}",
+    response_class=FileResponse,
+    summary="Download one of a model's scenes or examples",
+    description="Only the files that the model's spec lists under `scenes` and `examples` "
+    "(their URLs are in GET /v1/models); any other name is 404.",
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        404: {"model": ErrorResponse, "description": "no such model, or no such listed file"},
+    },
+)
+async def example_file(
+    name: str, file_name: str, registry: ModelRegistry = Depends(get_registry)
+) -> FileResponse:
+    served = registry.get(name)
+    if served is None:
+        raise ApiError(404, "model_not_found", f"no model named {name!r}; see GET /v1/models")
+    # Looked up among the listed files, never joined to a path: nothing else can be named.
+    example = next((e for e in served.examples if e.file_name == file_name), None)
+    if example is None:
+        listed = ", ".join(e.file_name for e in served.examples) or "none"
+        raise ApiError(
+            404,
+            "example_not_found",
+            f"model {name!r} lists no example file {file_name[:100]!r} (it lists: {listed})",
+        )
+    if not example.path.is_file():  # removed since the model was loaded
+        raise ApiError(404, "example_not_found", f"{example.file_name} is no longer on disk")
+    return FileResponse(example.path, media_type=example.media_type)
 
 
 ERRORS = {
