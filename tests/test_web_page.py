@@ -192,3 +192,119 @@ def test_page_translates_a_painted_label_map_and_an_uploaded_photo(
     expect(page.get_by_test_id("error-message")).to_be_hidden()
     _screenshot(page, "web_page_photo.png")
     assert script_errors == []
+
+
+# -- the demo models' first view ------------------------------------------------------------------
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+# Size and luminance spread of the output image, read back through a canvas.
+OUTPUT_SPREAD = """() => {
+    const image = document.querySelector('[data-testid="output-image"]');
+    const canvas = document.createElement("canvas");
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const { data } = context.getImageData(0, 0, canvas.width, canvas.height);
+    let sum = 0, squares = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const y = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
+        sum += y;
+        squares += y * y;
+    }
+    const count = data.length / 4, mean = sum / count;
+    const std = Math.sqrt(squares / count - mean * mean);
+    return { width: canvas.width, height: canvas.height, std };
+}"""
+
+
+@pytest.fixture(scope="module")
+def demo_server():
+    """A real uvicorn serving the demo models of ``models/``, as ``make serve`` does."""
+    from tests.conftest import LiveServer
+
+    server = LiveServer(MODELS, env={"PIX2PIX_WATCH_MODELS": "false"})
+    yield server.url
+    server.stop()
+
+
+def _file_histogram(model: str, url: str) -> dict[int, int]:
+    """The colors of a served example file, counted as ``CANVAS_HISTOGRAM`` counts them."""
+    path = MODELS / model / "examples" / url.rsplit("/", 1)[1]
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(np.int64)
+    values, counts = np.unique(
+        pixels[:, 0] << 16 | pixels[:, 1] << 8 | pixels[:, 2], return_counts=True
+    )
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+def _example_button(page, entry: dict):
+    return page.locator(f'[data-testid="example-button"][data-url="{entry["url"]}"]')
+
+
+def _check_first_view(page, model: dict) -> None:
+    """The model's first scene is in the canvas, mostly not background, and translated."""
+    opening = _histogram(page)
+    assert opening == _file_histogram(model["name"], model["scenes"][0]["url"])
+    background = _packed(model["palette"][0]["color"])
+    assert len(opening) >= 3 and opening.get(background, 0) < 0.5 * sum(opening.values())
+    spread = page.evaluate(OUTPUT_SPREAD)
+    assert (spread["width"], spread["height"]) == (256, 256)
+    assert spread["std"] > 20, "the translation is a flat field"
+
+
+def test_page_opens_on_a_painted_scene_and_translates_a_clicked_example(demo_server, browser_page):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    script_errors: list[str] = []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(demo_server)
+    listed = page.evaluate("() => fetch('/v1/models').then((response) => response.json())")
+    models = {model["name"]: model for model in listed["models"]}
+    facades = models["facades"]
+
+    # The first view: the facades model with its first scene painted and translated.
+    expect(page.get_by_test_id("model-select")).to_have_value("facades")
+    _wait_for_output(page, None)
+    _check_first_view(page, facades)
+    buttons = page.get_by_test_id("example-button")
+    expect(buttons).to_have_count(len(facades["scenes"]) + len(facades["examples"]))
+    expect(_example_button(page, facades["scenes"][0])).to_have_attribute("aria-pressed", "true")
+    _screenshot(page, "web_page_first_view.png")
+
+    # "Scene" offers the model's next scene.
+    previous = _output_src(page)
+    page.get_by_test_id("tool-scene").click()
+    _wait_for_output(page, previous)
+    assert _histogram(page) == _file_histogram("facades", facades["scenes"][1]["url"])
+
+    # A click on an example (a real label map) puts it in the canvas and translates it.
+    example = facades["examples"][0]
+    previous = _output_src(page)
+    _example_button(page, example).click()
+    _wait_for_output(page, previous)
+    expect(_example_button(page, example)).to_have_attribute("aria-pressed", "true")
+    assert _histogram(page) == _file_histogram("facades", example["url"])
+    expect(page.get_by_test_id("tool-undo")).to_be_enabled()
+
+    # Every label-map model opens on its own first scene.
+    page.get_by_test_id("model-select").select_option("labels2photo")
+    _wait_for_output(page, None)
+    _check_first_view(page, models["labels2photo"])
+
+    # The colorizer opens on its first photo; a click on another photo translates that one.
+    page.get_by_test_id("model-select").select_option("gray2color")
+    _wait_for_output(page, None)
+    photos = models["gray2color"]["examples"]
+    caption = page.locator("#input-caption")
+    expect(caption).to_contain_text(photos[0]["url"].rsplit("/", 1)[1])
+    previous = _output_src(page)
+    _example_button(page, photos[-1]).click()
+    _wait_for_output(page, previous)
+    expect(caption).to_contain_text(photos[-1]["url"].rsplit("/", 1)[1])
+    assert page.evaluate(OUTPUT_SPREAD)["std"] > 20
+    _screenshot(page, "web_page_example_photo.png")
+    assert script_errors == []

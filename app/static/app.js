@@ -1,4 +1,5 @@
-// The pix2pix studio page: pick a model, upload a picture or paint a label map, translate.
+// The pix2pix studio page: pick a model, upload a picture or paint a label map (or start from
+// one of the scenes and examples the model ships), translate.
 //
 // Plain browser JavaScript, no framework and no build step. Label maps are painted into a
 // Uint8Array of palette indices and rendered with putImageData, never with canvas strokes, so
@@ -52,6 +53,8 @@
     canvas: element("paint-canvas"),
     brushCursor: element("brush-cursor"),
     autoTranslate: element("auto-translate"),
+    examples: element("examples"),
+    exampleList: element("example-list"),
     formatSelect: element("format-select"),
     resizeInputs: Array.from(document.querySelectorAll('input[name="resize"]')),
     translateButton: element("translate-button"),
@@ -76,6 +79,8 @@
     controller: null,
     sequence: 0,
     autoTimer: 0,
+    sceneIndex: -1,
+    exampleToken: 0,
   };
 
   // -- small helpers -------------------------------------------------------------------------
@@ -252,8 +257,11 @@
     const painting = model.input_kind === "label_map";
     ui.paintMode.hidden = !painting;
     ui.uploadMode.hidden = painting;
+    const ready = model.status === "ready";
+    renderExamples(ready ? model : null);
+    let freshCanvas = false;
     if (painting) {
-      setupPainter(model);
+      freshCanvas = setupPainter(model);
       ui.inputNote.textContent = `Paint with ${model.palette.length} classes`;
     } else {
       ui.inputNote.textContent =
@@ -264,8 +272,15 @@
           : "Any picture, any size";
     }
     updateTranslateButton();
-    if (model.status !== "ready") return;
-    if (painting ? ui.autoTranslate.checked : state.upload) translate();
+    if (!ready) return;
+    // A first view shows a translation: the model's first scene, or its first example.
+    if (painting && freshCanvas && model.scenes?.length) {
+      openExample(model.scenes[0], { initial: true, translate: ui.autoTranslate.checked });
+    } else if (painting ? ui.autoTranslate.checked : state.upload) {
+      translate();
+    } else if (model.examples?.length) {
+      openExample(model.examples[0], { initial: true });
+    }
   }
 
   function inputReady() {
@@ -427,6 +442,7 @@
 
   async function setUpload(file) {
     if (!file) return;
+    markExample(null);
     if (file.type && !file.type.startsWith("image/")) {
       showError(`“${file.name}” is not an image (${file.type}).`);
       return;
@@ -458,6 +474,103 @@
 
   function firstImageFile(list) {
     return Array.from(list || []).find((file) => file.type.startsWith("image/")) || null;
+  }
+
+  // -- scenes and examples (listed by the model's spec, served beside it) --------------------
+
+  // The scenes (label-map models) and then the examples, each tagged with its kind.
+  function listedExamples(model) {
+    if (!model) return [];
+    const scenes = model.input_kind === "label_map" ? model.scenes || [] : [];
+    return [
+      ...scenes.map((entry) => ({ ...entry, kind: "scene" })),
+      ...(model.examples || []).map((entry) => ({ ...entry, kind: "example" })),
+    ];
+  }
+
+  function renderExamples(model) {
+    const entries = listedExamples(model);
+    ui.examples.hidden = entries.length === 0;
+    ui.exampleList.replaceChildren(
+      ...entries.map((entry) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "example";
+        button.dataset.testid = "example-button";
+        button.dataset.kind = entry.kind;
+        button.dataset.url = entry.url;
+        button.setAttribute("aria-pressed", "false");
+        button.title =
+          entry.kind === "scene" ? `Paint from the scene “${entry.name}”` : `Try “${entry.name}”`;
+        const thumbnail = document.createElement("img");
+        thumbnail.src = entry.url;
+        thumbnail.alt = "";
+        thumbnail.decoding = "async";
+        const name = document.createElement("span");
+        name.className = "example-name";
+        name.textContent = entry.name;
+        button.append(thumbnail, name);
+        if (entry.kind === "scene") {
+          const tag = document.createElement("span");
+          tag.className = "example-tag";
+          tag.textContent = "scene";
+          button.append(tag);
+        }
+        button.addEventListener("click", () => openExample(entry));
+        return button;
+      }),
+    );
+  }
+
+  function markExample(url) {
+    for (const button of ui.exampleList.children) {
+      button.setAttribute("aria-pressed", String(button.dataset.url === url));
+    }
+  }
+
+  // Fetch a scene or example and put it in as the input: into the canvas for label-map models
+  // (undoable, except the first view's), as the upload otherwise; then translate it.
+  async function openExample(entry, { initial = false, translate: translateIt = true } = {}) {
+    const model = state.model;
+    if (!model) return;
+    const token = ++state.exampleToken;
+    let file;
+    try {
+      const response = await apiFetch(entry.url);
+      if (!response.ok) throw await responseError(response);
+      const blob = await response.blob();
+      file = new File([blob], entry.url.split("/").pop(), { type: blob.type });
+    } catch (error) {
+      if (token !== state.exampleToken) return;
+      const reason = error instanceof TypeError ? networkError(error).message : error.message;
+      showError(`Could not load the example “${entry.name}”: ${reason}`);
+      return;
+    }
+    // A later click, or another model, wins over this one.
+    if (token !== state.exampleToken || state.model !== model) return;
+    const scenes = model.scenes || [];
+    if (model.input_kind !== "label_map") {
+      await setUpload(file);
+      markExample(entry.url);
+      return;
+    }
+    if (!state.painter) return;
+    try {
+      await state.painter.load(file);
+    } catch (error) {
+      showError(`Could not read the example “${entry.name}” as a label map: ${error.message}`);
+      return;
+    }
+    if (initial) {
+      state.painter.history = [];
+      ui.undo.disabled = true;
+    }
+    const sceneIndex = scenes.findIndex((scene) => scene.url === entry.url);
+    if (sceneIndex >= 0) state.sceneIndex = sceneIndex;
+    markExample(entry.url);
+    clearError();
+    ui.inputNote.textContent = `${entry.name} · paint with ${model.palette.length} classes`;
+    if (translateIt) translate();
   }
 
   // -- the label-map painter -----------------------------------------------------------------
@@ -734,22 +847,28 @@
     return JSON.stringify(palette.map((entry) => [entry.id, entry.color]));
   }
 
+  // A new canvas for a model whose palette differs from the last one's; returns whether it is
+  // new (a model with the same palette keeps what was painted).
   function setupPainter(model) {
     if (!model.palette?.length) {
       state.painter = null;
       ui.palette.replaceChildren();
       showError(`Model “${model.name}” takes label maps but lists no palette.`);
-      return;
+      return false;
     }
     const key = paletteKey(model.palette);
-    if (state.painter && state.paletteKey === key) return;
+    if (state.painter && state.paletteKey === key) return false;
     state.paletteKey = key;
     state.painter = new LabelPainter(ui.canvas, model.palette);
-    state.painter.scene();
+    state.sceneIndex = -1;
+    // Blank while the model's first scene is fetched; the built-in landscape if it lists none.
+    if (model.scenes?.length) state.painter.clear(0);
+    else state.painter.scene();
     ui.undo.disabled = true;
     state.classIndex = Math.min(1, model.palette.length - 1);
     renderPalette(model.palette);
     setTool("brush");
+    return true;
   }
 
   function renderPalette(palette) {
@@ -861,6 +980,7 @@
       return;
     }
     window.clearTimeout(state.autoTimer);
+    markExample(null);
     painter.remember();
     ui.canvas.setPointerCapture(event.pointerId);
     Object.assign(stroke, { active: true, pointerId: event.pointerId, ...point });
@@ -922,6 +1042,7 @@
     if (!file || !state.painter) return;
     try {
       const note = await state.painter.load(file);
+      markExample(null);
       clearError();
       ui.inputNote.textContent = note || `Loaded ${file.name}`;
       scheduleAutoTranslate();
@@ -1019,12 +1140,18 @@
     });
     ui.clear.addEventListener("click", () => {
       if (!state.painter) return;
+      markExample(null);
       state.painter.remember();
       state.painter.clear(0);
       scheduleAutoTranslate();
     });
     ui.scene.addEventListener("click", () => {
       if (!state.painter) return;
+      const scenes = state.model?.scenes || [];
+      if (scenes.length) {
+        openExample(scenes[(state.sceneIndex + 1) % scenes.length]);
+        return;
+      }
       state.painter.remember();
       if (state.painter.width !== CANVAS_SIZE || state.painter.height !== CANVAS_SIZE) {
         state.painter.resize(CANVAS_SIZE, CANVAS_SIZE);
