@@ -8,6 +8,10 @@ at each precision. Both run in the same process, interleaved round by round, on 
 batch, so a busy machine slows both alike. Then the real loop (data loader with workers,
 augmentation, host-to-device copies) runs at one batch size to measure the data-wait share.
 
+Last, what the experiment trackers (``train.trackers``) add: each log record and each sample
+grid sent, and flushed, with and without them, against the shortest trainer step measured, at
+the presets' ``log_every`` and ``sample_every``.
+
 ``--check`` instead trains the paper configuration for a fixed number of steps with the
 fastest settings and reports images/s, peak memory and model FLOP utilisation (what
 ``bench/gpu_check.sh`` runs).
@@ -43,6 +47,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.networks import PatchDiscriminator, init_weights
 from training.config import load_config
 from training.data.synth import write_synthetic_dataset
+from training.loop.reporting import Reporter
+from training.loop.tracking import build_trackers
 from training.loop.trainer import Trainer
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
@@ -148,7 +154,13 @@ def make_dataset(root: Path, shape: Shape, count: int) -> Path:
 
 
 def make_trainer(
-    data: Path, runs: Path, shape: Shape, args: argparse.Namespace, batch: int, precision: str
+    data: Path,
+    runs: Path,
+    shape: Shape,
+    args: argparse.Namespace,
+    batch: int,
+    precision: str,
+    val_images: int = 1,
 ) -> Trainer:
     """A Trainer at the bench's shape: photo in, photo out, like facades."""
     crop = shape.size
@@ -169,7 +181,7 @@ def make_trainer(
         "train.device": args.device,
         "train.channels_last": str(args.channels_last).lower(),
         "train.compile": str(args.compile).lower(),
-        "train.val_images": "1",
+        "train.val_images": str(val_images),
     }
     return Trainer(load_config(None, overrides), progress=False)
 
@@ -278,7 +290,7 @@ def compare(args: argparse.Namespace, shape: Shape, data: Path, runs: Path) -> N
         args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     )
     print(environment(device))
-    rows, flops_per_image = [], 0.0
+    rows, flops_per_image, step_seconds = [], 0.0, {}
     for batch in args.batches:
         trainers = {p: make_trainer(data, runs, shape, args, batch, p) for p in args.precisions}
         first = trainers[args.precisions[0]]
@@ -302,6 +314,8 @@ def compare(args: argparse.Namespace, shape: Shape, data: Path, runs: Path) -> N
         for name, values in times.items():
             # The median is the headline; the best step shows what an idle machine gives.
             seconds, best = statistics.median(values), min(values)
+            if name != "baseline":
+                step_seconds[(batch, name)] = seconds
             label = "baseline (fp32, NCHW)" if name == "baseline" else f"trainer ({name})"
             rows.append(
                 [
@@ -332,6 +346,57 @@ def compare(args: argparse.Namespace, shape: Shape, data: Path, runs: Path) -> N
             f"{result['steps'] * args.data_batch / result['seconds']:.2f} images/s, "
             f"data wait {100 * result['wait']:.1f}% of step time"
         )
+    if args.trackers:
+        (batch, precision), seconds = min(step_seconds.items(), key=lambda item: item[1])
+        tracking_overhead(args, shape, data, runs, batch, precision, seconds)
+
+
+def tracking_overhead(
+    args: argparse.Namespace,
+    shape: Shape,
+    data: Path,
+    runs: Path,
+    batch: int,
+    precision: str,
+    step: float,
+) -> None:
+    """Each tracker's cost per log record and per sample grid (a real 8-pair grid), flushed
+    to disk each time, against a trainer step of ``step`` seconds."""
+    trainer = make_trainer(data, runs, shape, args, batch, precision, val_images=8)
+    trainer.validate(save_grid=True)  # the grid of step 0
+    record = {"kind": "train", "step": 0, "epoch": 0, **dict.fromkeys(trainer.objective.names, 0.5)}
+    record |= {"lr": 2e-4, "images_per_s": 10.0, "data_wait": 0.01, "D_acc": 0.7}
+    record |= {"GD_balance": 1.2, "D_state": "ok"}
+    validation = {"kind": "val", "step": 0, "val_l1": 0.2}
+    log_every, sample_every = args.log_every, args.sample_every
+    rows, baseline = [], None
+    for names in ([], *([name] for name in args.trackers.split(","))):
+        trackers = build_trackers(names)
+        with Reporter(trainer.config, trackers, True, 0, 1, progress=False) as reporter:
+            per_log, per_sample = [], []
+            for index in range(args.tracking_calls):
+                start = time.perf_counter()
+                reporter.train_record(record | {"step": index + 1})
+                reporter.flush()
+                per_log.append(time.perf_counter() - start)
+                if index % 10 == 0:
+                    start = time.perf_counter()
+                    reporter.validation_record(validation)
+                    reporter.flush()
+                    per_sample.append(time.perf_counter() - start)
+        costs = statistics.median(per_log), statistics.median(per_sample)
+        baseline = baseline or costs
+        added = (costs[0] - baseline[0]) / log_every + (costs[1] - baseline[1]) / sample_every
+        share = f"{100 * added / step:.3f}%" if names else "(baseline)"
+        milliseconds = [f"{1000 * cost:.2f}" for cost in costs]
+        rows.append([", ".join(names) or "none", *milliseconds, share])
+    print(
+        f"\ntrackers at log_every {log_every}, sample_every {sample_every}, against a "
+        f"{1000 * step:.0f} ms step (batch {batch}, {precision}); median of "
+        f"{args.tracking_calls} records, each sent and flushed:"
+    )
+    header = ["trackers", "ms per log record", "ms per sample grid", "added to training"]
+    print(table(rows, header))
 
 
 def check(args: argparse.Namespace, shape: Shape, data: Path, runs: Path) -> None:
@@ -391,6 +456,12 @@ def main() -> None:
     parser.add_argument("--data-batch", type=int, default=16, help="0 skips the loop")
     parser.add_argument("--data-steps", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
+    parser.add_argument(
+        "--trackers", default="tensorboard", help="comma-separated trackers to cost ('' skips)"
+    )
+    parser.add_argument("--tracking-calls", type=int, default=100, help="log records timed")
+    parser.add_argument("--log-every", type=int, default=100, help="the presets' log_every")
+    parser.add_argument("--sample-every", type=int, default=1000, help="and sample_every")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
@@ -416,6 +487,8 @@ def main() -> None:
         scratch_path = Path(scratch)
         # Enough pairs that the timed loop mostly stays in one epoch, at most facades' 400.
         count = min(int(largest * steps / 0.8) + 3, 500)
+        if args.trackers and not args.check:
+            count = max(count, 90)  # 9 val pairs: a sample grid of 8, as the presets show
         data = make_dataset(scratch_path / "data", shape, count)
         runs = scratch_path / "runs"
         if args.check:

@@ -24,6 +24,7 @@ def run(command: list[str]) -> str:
 
 def test_train_bench_prints_baseline_and_trainer_rows_per_batch_and_precision():
     flags = "--tiny --threads 1 --batches 1 2 --steps 1 --rounds 1 --data-batch 2 --data-steps 2"
+    flags += " --tracking-calls 10"
     output = run([sys.executable, "bench/train.py", *flags.split()])
     assert re.search(r"GFLOP per image per iteration at 32 px", output), output
     header = next(line for line in output.splitlines() if line.startswith("batch"))
@@ -51,6 +52,9 @@ def test_train_bench_prints_baseline_and_trainer_rows_per_batch_and_precision():
         assert float(row[2]) > 0 and row[5].endswith("x")
     assert re.search(r"real loop, batch 2 bf16, 2 loader workers: [\d.]+ images/s, "
                      r"data wait [\d.]+% of step time", output), output  # fmt: skip
+    assert "trackers at log_every 100, sample_every 1000, against a" in output, output
+    assert re.search(r"none \|\s+[\d.]+ \|\s+[\d.]+ \|\s+\(baseline\)", output), output
+    assert re.search(r"tensorboard \|\s+[\d.]+ \|\s+[\d.]+ \|\s+-?[\d.]+%", output), output
 
 
 def test_gpu_check_runs_on_the_cpu():

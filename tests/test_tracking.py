@@ -158,6 +158,27 @@ def test_no_trackers_write_nothing_beside_the_run(label_dataset, tmp_path):
     assert not (config.run_dir / "trackers.json").exists()
 
 
+def test_tensorboard_checksums_are_tensorboards_own_from_c_code_or_its_own_code(monkeypatch):
+    import os
+
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+
+    from training.loop.tracking import use_fast_checksums
+
+    monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
+    assert use_fast_checksums()
+    assert record_writer.masked_crc32c is not pywrap_tensorflow.masked_crc32c
+    for size in (0, 1, 7, 4096):
+        data = os.urandom(size)
+        assert record_writer.masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+    # Without google-crc32c, TensorBoard's own function stays.
+    monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)
+    assert not use_fast_checksums()
+    assert record_writer.masked_crc32c is pywrap_tensorflow.masked_crc32c
+
+
 class BrokenTracker(Tracker):
     """Starts, then fails as a tracker whose server went away would."""
 
@@ -276,10 +297,10 @@ def test_mlflow_holds_the_same_metrics_images_and_config_across_a_resume(
         assert metric.value == pytest.approx(tensorboard[metric.step], rel=1e-5)
     artifacts = [item.path for item in client.list_artifacts(run_id)]
     assert "config.toml" in artifacts
-    images = [item.path for item in client.list_artifacts(run_id, "images")]
-    # MLflow names each image file key+step+N+...: one grid per validation.
-    steps = [int(path.split("+step+")[1].split("+")[0]) for path in images if path.endswith("png")]
-    assert sorted(steps) == VAL_STEPS
+    grids = [item.path for item in client.list_artifacts(run_id, "samples")]
+    assert grids == ["samples/step_00000003.png", "samples/step_00000006.png"]
+    store_copy = Path(client.download_artifacts(run_id, "samples/step_00000006.png", tmp_path))
+    assert store_copy.read_bytes() == (run_dir / "samples" / "step_00000006.png").read_bytes()
 
 
 def wandb_history(run_file: Path) -> dict[int, set[str]]:
