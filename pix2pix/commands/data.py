@@ -1,4 +1,4 @@
-"""``pix2pix data``: dataset tools (synth, download, combine, split, edges), one handler each."""
+"""``pix2pix data``: dataset tools (synth, download, combine, split, holdout, edges)."""
 
 from __future__ import annotations
 
