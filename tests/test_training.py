@@ -350,3 +350,17 @@ def test_moving_average_is_what_validation_and_checkpoints_show(
     trainer.generator.load_state_dict(trainer.generator_ema.state_dict())
     trainer.generator_ema = None
     assert trainer.validate(save_grid=False)["val_l1"] == scored
+
+
+def test_validation_reports_psnr_per_pair_in_the_networks_value_range(label_dataset, tmp_path):
+    trainer = Trainer(tiny_config(label_dataset, tmp_path, **LABELS), progress=False)
+
+    class Zeros(torch.nn.Module):
+        def forward(self, inputs):
+            return torch.zeros(len(inputs), 3, *inputs.shape[2:])
+
+    scores = trainer.validator(Zeros(), grid_path=None)
+    targets = [trainer.val_set[i]["B"] for i in range(len(trainer.val_set))]
+    expected = np.mean([10 * np.log10(4.0 / float(b.square().mean())) for b in targets])
+    assert scores["val_psnr"] == pytest.approx(expected, abs=1e-3)
+    assert scores["val_l1"] == pytest.approx(float(torch.stack(targets).abs().mean()), abs=1e-5)

@@ -49,10 +49,14 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, generator: nn.Module, grid_path: Path | None) -> dict:
-        """Val L1 of ``generator``; with ``grid_path``, a grid of ``grid_size`` pairs saved
-        there. Leaves ``generator`` in eval mode with running statistics."""
+        """Val L1 and PSNR of ``generator``; with ``grid_path``, a grid of ``grid_size`` pairs
+        saved there. Leaves ``generator`` in eval mode with running statistics.
+
+        Both are measured on the network's outputs in its value range [-1, 1] (for a Lab model,
+        its ab channels): PSNR per pair against a peak-to-peak of 2, averaged over the pairs.
+        """
         apply_inference_mode(generator, self.spec.inference_mode)
-        total, count, grid_rows = 0.0, 0, []
+        total, count, psnr, grid_rows = 0.0, 0, 0.0, []
         indices = spread(min(len(self.val_set), VALIDATION_PAIRS), len(self.val_set))
         grid_size = min(self.grid_size, len(indices))
         shown = {indices[i] for i in spread(grid_size, len(indices))} if grid_path else set()
@@ -64,6 +68,8 @@ class Validator:
                 fake_b = generator(real_a)
             total += torch.nn.functional.l1_loss(fake_b.float(), real_b, reduction="sum").item()
             count += real_b.numel()
+            error = (fake_b.float() - real_b).square().flatten(1).mean(dim=1)
+            psnr += (10 * torch.log10(4.0 / error.clamp(min=1e-10))).sum().item()
             for i, item in enumerate(items):
                 if item["index"] in shown:
                     grid_rows.append(self.grid_row(item["index"], fake_b[i], real_b[i]))
@@ -71,7 +77,8 @@ class Validator:
         if grid_path is not None and grid_rows:
             grid_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.concatenate(grid_rows, axis=0)).save(grid_path)
-        return {"val_l1": round(total / max(count, 1), 6)}
+        pairs = max(len(indices), 1)
+        return {"val_l1": round(total / max(count, 1), 6), "val_psnr": round(psnr / pairs, 4)}
 
     def grid_row(self, index: int, fake: torch.Tensor, real: torch.Tensor) -> np.ndarray:
         """A | G(A) | B for one validation pair, as the network saw it."""
