@@ -1,12 +1,13 @@
 """Dynamic micro-batching: requests of one shape that arrive close together run as one batch.
 
-Each model has a bounded queue and one worker task. The worker takes the next input in fair
-shares between image sizes (:class:`~app.scheduling.FairQueue`: the route says how large the
-request's whole image is), gathers others of the same shape that are already waiting or arrive
-within ``max_wait_ms`` (up to ``max_batch`` inputs and ``max_batch_pixels`` pixels), and runs
-the batch on a dedicated low-priority thread, off the event loop. So a small request overtakes
-the queued tiles of a large image, and waits for at most one batch of them. A full queue
-refuses new work at once (the route answers 503).
+Each model has a bounded queue and one worker task. The worker takes the next input of the
+request that has waited the most for the size of its image
+(:class:`~app.scheduling.FairQueue`: the route says how large the request's whole image is),
+gathers others of the same shape that are already waiting or arrive within ``max_wait_ms`` (up
+to ``max_batch`` inputs and ``max_batch_pixels`` pixels), and runs the batch on a dedicated
+low-priority thread, off the event loop. So a small request overtakes the queued tiles of a
+large image once it has waited a small part as long, usually after a batch or two of them. A
+full queue refuses new work at once (the route answers 503).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The service's worker threads: image work in fair shares by size, all below the event loop.
+"""The service's worker threads: image work in order of waits by size, below the event loop.
 
 The event loop answers every request, health probes included, so it must never wait for a CPU
 behind image or model work. Every thread doing such work lowers its own scheduling priority

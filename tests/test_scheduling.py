@@ -11,13 +11,13 @@ import asyncio
 import io
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from itertools import pairwise
 
 import httpx
 import numpy as np
@@ -46,47 +46,63 @@ def test_size_classes_are_powers_of_four_of_pixels():
     ]
 
 
-def test_a_small_request_overtakes_the_queued_work_of_large_ones():
+def test_a_small_request_overtakes_the_queued_work_of_a_large_one_after_one_job():
     queue = FairQueue()
     for tile in range(6):
         queue.push(f"large {tile}", LARGE, 512 * 512)
     assert queue.pop() == "large 0"
     queue.push("small", Ticket(64 * 64, arrived=1.0), 64 * 64)
+    # The large request has waited a little and the small one nothing: one tile, then the
+    # small one, which has by then waited far longer for its size.
+    assert queue.pop() == "large 1"
     assert queue.pop() == "small"
-    assert [queue.pop() for _ in range(5)] == [f"large {tile}" for tile in range(1, 6)]
+    assert [queue.pop() for _ in range(4)] == [f"large {tile}" for tile in range(2, 6)]
     assert queue.pop() is None and len(queue) == 0
 
 
-def test_large_requests_keep_their_share_however_many_small_ones_wait():
+def test_equal_waits_go_to_the_smaller_image_and_longer_waits_first():
+    queue = FairQueue()
+    queue.push("large", Ticket(1024 * 1024, arrived=0.0), 1024 * 1024)
+    queue.push("small", Ticket(128 * 128, arrived=0.0), 128 * 128)
+    assert queue.pop() == "small"  # neither has waited yet
+    queue.push("medium", Ticket(512 * 512, arrived=1.0), 512 * 512)
+    # The large one waited 128x128 pixels of work for 1024x1024 of its own, the medium one
+    # nothing: the large goes first, then the medium.
+    assert queue.pop() == "large"
+    assert queue.pop() == "medium"
+
+
+def test_large_requests_are_served_however_many_small_ones_keep_coming():
     queue = FairQueue()
     for tile in range(4):
         queue.push(f"large {tile}", LARGE, 512 * 512)
-    for index in range(300):
-        queue.push(f"small {index}", SMALL, 64 * 64)
-    taken = [queue.pop() for _ in range(len(queue))]
-    # Equal shares of pixels: one 512x512 tile for every 64 small images.
-    large_positions = [taken.index(f"large {tile}") for tile in range(4)]
-    assert large_positions == sorted(large_positions)
-    assert all(later - earlier == 65 for earlier, later in pairwise(large_positions))
+    taken, work_when_taken = [], {}
+    # A new small request whenever one job is done: they alone would keep the queue busy.
+    for index in range(3000):
+        queue.push(f"small {index}", Ticket(64 * 64, arrived=float(index)), 64 * 64)
+        taken.append(queue.pop())
+        work_when_taken[taken[-1]] = queue.work
+    assert len(queue) == 3000 + 4 - len(taken)
+    # Each small request waits for a few jobs at most; the large one waits longer in all, but
+    # about as long for its size, and is done before the queue has handed out four times its
+    # own pixels of work.
+    small_positions = [taken.index(f"small {index}") for index in range(2990)]
+    assert all(position - index <= 4 for index, position in enumerate(small_positions))
+    assert work_when_taken["large 3"] <= 4 * LARGE.pixels
 
 
-def test_an_idle_size_class_cannot_save_up_a_share():
+def test_a_request_counts_its_wait_from_its_first_job_not_from_an_idle_time():
     queue = FairQueue()
-    for index in range(100):  # small images alone: nobody else wants a share
-        queue.push(f"small {index}", SMALL, 64 * 64)
+    for index in range(100):  # small images alone: the queue works, nobody waits
+        queue.push(f"small {index}", Ticket(64 * 64, arrived=float(index)), 64 * 64)
         assert queue.pop() == f"small {index}"
-    for index in range(3):  # then tiles of a large image, as costly each
-        queue.push(f"large {index}", LARGE, 64 * 64)
-        queue.push(f"small {100 + index}", Ticket(64 * 64, arrived=1.0), 64 * 64)
-    # The large image, idle while 100 small ones ran, does not take its turns all at once.
-    assert [queue.pop() for _ in range(6)] == [
-        "large 0",
-        "small 100",
-        "large 1",
-        "small 101",
-        "large 2",
-        "small 102",
-    ]
+    ticket = Ticket(2048 * 2048, arrived=100.0)
+    queue.push("large 0", ticket, 64 * 64)
+    assert queue.waited(ticket) == 0.0
+    queue.push("small 100", Ticket(64 * 64, arrived=101.0), 64 * 64)
+    # The large request, new, has no claim saved up from the 100 small ones before it.
+    assert queue.pop() == "small 100"
+    assert queue.waited(ticket) == 64 * 64 / (2048 * 2048)
 
 
 def test_within_a_size_class_the_request_that_came_first_goes_first():
@@ -94,6 +110,59 @@ def test_within_a_size_class_the_request_that_came_first_goes_first():
     queue.push("late request, first step", Ticket(100, arrived=2.0), 100)
     queue.push("early request, later step", Ticket(100, arrived=1.0), 100)
     assert queue.pop() == "early request, later step"
+
+
+# The load mix of bench/load.py: image sides and how often each comes.
+LOAD_SIDES = (64, 128, 256, 512, 1024, 2048)
+LOAD_WEIGHTS = (40, 30, 15, 10, 4, 1)
+LARGEST_JOB = 2048 * 2048
+
+
+def request_jobs(side: int) -> list[int]:
+    """Pixels of each job of one request, as the service queues them: its network crops (one
+    for images up to a tile, else 512x512 tiles overlapping by 64) and its whole-image step."""
+    if side <= 512:
+        return [side * side, side * side]
+    tiles_per_side = len(range(0, side - 512, 448)) + 1
+    return [512 * 512] * tiles_per_side**2 + [side * side]
+
+
+def slowest_waits(requests_waiting: int, jobs: int, seed: int) -> dict[int, float]:
+    """Per image side: the longest wait of a request, in its own work, besides one job of the
+    largest size that may have been running; ``requests_waiting`` requests always in the queue,
+    a new one coming whenever one is done (as bench/load.py's connections send them)."""
+    rng = random.Random(seed)
+    queue: FairQueue[tuple[dict, int]] = FairQueue()
+    slowest: dict[int, float] = {}
+
+    def send(arrival: int) -> None:
+        side = rng.choices(LOAD_SIDES, LOAD_WEIGHTS)[0]
+        ticket = Ticket(side * side, float(arrival))
+        pieces = request_jobs(side)
+        request = {"side": side, "left": len(pieces), "sent": queue.work, "own": sum(pieces)}
+        for pixels in pieces:
+            queue.push((request, arrival), ticket, pixels)
+
+    for arrival in range(requests_waiting):
+        send(arrival)
+    for step in range(jobs):
+        request, _ = queue.pop()
+        request["left"] -= 1
+        if request["left"] == 0:
+            waited = (queue.work - request["sent"] - LARGEST_JOB) / request["own"]
+            slowest[request["side"]] = max(slowest.get(request["side"], 0.0), waited)
+            send(requests_waiting + step)
+    return slowest
+
+
+@pytest.mark.parametrize("requests_waiting", [8, 32])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_size_waits_more_than_twice_an_equal_share_under_the_load_mix(requests_waiting, seed):
+    slowest = slowest_waits(requests_waiting, jobs=20_000, seed=seed)
+    assert set(slowest) == set(LOAD_SIDES)
+    # An equal share among n requests makes each wait n times its own work: no size, the
+    # largest included, waits more than twice that.
+    assert max(slowest.values()) <= 2 * requests_waiting, slowest
 
 
 class BlockingRunner:
@@ -111,7 +180,7 @@ class BlockingRunner:
         return batch
 
 
-def test_the_batcher_runs_a_small_request_before_the_queued_tiles_of_a_large_one():
+def test_the_batcher_runs_a_small_request_before_most_of_the_queued_tiles_of_a_large_one():
     runner = BlockingRunner()
 
     async def scenario():
@@ -133,8 +202,10 @@ def test_the_batcher_runs_a_small_request_before_the_queued_tiles_of_a_large_one
         await batcher.stop()
 
     asyncio.run(scenario())
-    # Tiles of 256x256 fill the pixel budget one by one; the small input goes second.
-    assert runner.heights == [[256], [32], [256], [256], [256]]
+    # Tiles of 256x256 fill the pixel budget one by one. The large request has waited one
+    # tile when the small one comes, so it gets one more; then the small one, by then far
+    # more overdue for its size, goes before the other two.
+    assert runner.heights == [[256], [256], [32], [256], [256]]
 
 
 def test_a_small_image_never_waits_for_a_large_ones_image_work():
