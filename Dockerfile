@@ -117,14 +117,17 @@ ENV PIX2PIX_MODELS_DIR=/models \
     PIX2PIX_DEVICE=auto \
     UVICORN_HOST=0.0.0.0 \
     UVICORN_PORT=8000 \
+    PIX2PIX_DRAIN_TIMEOUT_S=7 \
     UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8 \
     UVICORN_TIMEOUT_KEEP_ALIVE=75
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('UVICORN_PORT', '8000'), timeout=4)"
-# uvicorn is PID 1 and gets SIGTERM itself: it stops accepting connections, lets the requests
-# in flight finish (up to UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN seconds, inside `docker stop`'s
-# default 10), then shuts down. Raise both together for long requests (docker-compose.yml).
+# uvicorn is PID 1 and gets SIGTERM itself: it stops accepting connections and lets the requests
+# in flight finish for up to PIX2PIX_DRAIN_TIMEOUT_S seconds; the service answers what is not
+# done by then with 503 and Retry-After. uvicorn's own limit is a second longer, and both fit in
+# `docker stop`'s default 10 s (and Kubernetes' 30 s). Raise all three together for long
+# requests (docker-compose.yml).
 STOPSIGNAL SIGTERM
 USER 10001:10001
 CMD ["uvicorn", "app.main:create_app", "--factory"]
@@ -164,15 +167,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIX2PIX_MODELS_DIR=/models \
     UVICORN_HOST=0.0.0.0 \
     UVICORN_PORT=8000 \
+    PIX2PIX_DRAIN_TIMEOUT_S=7 \
     UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=8 \
     UVICORN_TIMEOUT_KEEP_ALIVE=75
 WORKDIR /srv/pix2pix
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('UVICORN_PORT', '8000'), timeout=4)"
-# uvicorn is PID 1 and gets SIGTERM itself: it stops accepting connections, lets the requests
-# in flight finish (up to UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN seconds, inside `docker stop`'s
-# default 10), then shuts down. Raise both together for long requests (docker-compose.yml).
+# uvicorn is PID 1 and gets SIGTERM itself: it stops accepting connections and lets the requests
+# in flight finish for up to PIX2PIX_DRAIN_TIMEOUT_S seconds; the service answers what is not
+# done by then with 503 and Retry-After. uvicorn's own limit is a second longer, and both fit in
+# `docker stop`'s default 10 s (and Kubernetes' 30 s). Raise all three together for long
+# requests (docker-compose.yml).
 STOPSIGNAL SIGTERM
 USER 10001:10001
 CMD ["uvicorn", "app.main:create_app", "--factory"]

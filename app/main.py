@@ -16,6 +16,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from app.errors import ApiError, error_body
+from app.lifecycle import (
+    Drain,
+    DrainMiddleware,
+    claim_the_only_worker,
+    warn_if_uvicorn_cancels_first,
+)
 from app.metrics import Metrics
 from app.middleware import AccessMiddleware, BodyLimitMiddleware
 from app.registry import ModelRegistry
@@ -104,6 +110,37 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 
+def _lifespan(
+    settings: Settings, registry: ModelRegistry, image_workers: ImageWorkers, drain: Drain
+):
+    """Start: one worker only, the drain's signals, the threads and every model; stop: the
+    reverse, once uvicorn has answered (or the drain refused) every request in flight."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        only_worker = claim_the_only_worker()
+        warn_if_uvicorn_cancels_first(settings.drain_timeout_s)
+        loop = asyncio.get_running_loop()
+        drain.watch_signals(loop)
+        # Work sent to threads with asyncio.to_thread (loading models, hashing their files)
+        # runs below the event loop's priority too, and so do the threads those start, such
+        # as ONNX Runtime's.
+        loop.set_default_executor(
+            ThreadPoolExecutor(thread_name_prefix="service", initializer=lower_thread_priority)
+        )
+        image_workers.start()
+        # Loads every model, starts their batchers and watches the folder for changes.
+        await registry.start()
+        yield
+        await registry.stop()
+        await image_workers.stop()
+        drain.stop_watching()
+        if only_worker is not None:
+            only_worker.close()
+
+    return lifespan
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _configure_logging()
@@ -118,31 +155,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.image_threads or cpu_count(), on_depth=metrics.image_queue_depth.set
     )
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        # Work sent to threads with asyncio.to_thread (loading models, hashing their files)
-        # runs below the event loop's priority too, and so do the threads those start, such
-        # as ONNX Runtime's.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(thread_name_prefix="service", initializer=lower_thread_priority)
-        )
-        image_workers.start()
-        # Loads every model, starts their batchers and watches the folder for changes.
-        await registry.start()
-        yield
-        await registry.stop()
-        await image_workers.stop()
+    drain = Drain(settings.drain_timeout_s)
 
     app = FastAPI(
         title="pix2pix",
         version="0.1.0",
         summary="Paired image-to-image translation: upload an image, get its translation.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, registry, image_workers, drain),
     )
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.image_workers = image_workers
+    app.state.drain = drain
 
     app.include_router(models.router)
     app.include_router(health.router)
@@ -154,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _add_error_handlers(app)
 
+    # Innermost: its 503 passes through CORS, the access log and the request id.
+    app.add_middleware(DrainMiddleware, drain=drain, retry_after_s=settings.retry_after_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
         "one per CPU); one more takes only images up to 256x256",
     )
     retry_after_s: int = Field(1, description="Retry-After seconds sent with 503")
+    drain_timeout_s: float = Field(
+        7.0,
+        gt=0,
+        description="seconds the requests in flight get to finish after SIGTERM; what is "
+        "unfinished then is answered 503 with Retry-After. Keep it below uvicorn's "
+        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN and the orchestrator's grace period (docker stop: "
+        "10 s, Kubernetes: 30 s), with time left to shut down",
+    )
     watch_models: bool = Field(
         True,
         description="reload model folders when they change on disk (off: POST /v1/models/reload)",

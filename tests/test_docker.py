@@ -170,6 +170,35 @@ def test_service_targets_expose_8000_check_healthz_and_read_models(dockerfile, t
     assert not stage.args("ENTRYPOINT"), "exec-form uvicorn is PID 1 and gets SIGTERM itself"
 
 
+# `docker stop` sends SIGKILL this many seconds after SIGTERM unless told otherwise.
+DOCKER_STOP_GRACE_S = 10
+
+
+@pytest.mark.parametrize("target", ["serve-cpu", "serve-gpu"])
+def test_the_drain_deadline_fits_inside_uvicorns_timeout_and_docker_stop(dockerfile, target):
+    from app.settings import Settings
+
+    _, stages, _ = dockerfile
+    environment = dict(
+        item.split("=", 1) for line in stages[target].args("ENV") for item in line.split()
+    )
+    drain = float(environment["PIX2PIX_DRAIN_TIMEOUT_S"])
+    assert drain == Settings().drain_timeout_s
+    # The service answers (or refuses) every request before uvicorn cancels any, and uvicorn
+    # is done before docker stop's SIGKILL.
+    assert drain < float(environment["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"]) < DOCKER_STOP_GRACE_S
+
+
+def test_the_compose_files_drain_fits_inside_its_stop_grace_period():
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for service in services.values():
+        environment, grace = service["environment"], service["stop_grace_period"]
+        drain = float(environment["PIX2PIX_DRAIN_TIMEOUT_S"])
+        assert drain < float(environment["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"])
+        assert float(environment["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"]) < float(grace.rstrip("s"))
+
+
 def test_code_is_copied_after_the_dependency_layers(dockerfile):
     """A code change must not reinstall packages: no install runs after code is copied."""
     _, stages, _ = dockerfile

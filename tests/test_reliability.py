@@ -338,11 +338,15 @@ def queue_depth(url: str) -> float:
     )
 
 
+# Small tiles, one at a time: a 640 px image is ~150 batches, long enough to be in flight.
+SLOW_TILES = {"PIX2PIX_TILE_SIZE": "64", "PIX2PIX_TILE_OVERLAP": "8", "PIX2PIX_MAX_BATCH": "1"}
+
+
 def test_sigterm_lets_requests_in_flight_finish_before_exit(tiny_models, tmp_path):
-    # Small tiles, one at a time: a 640 px image is ~150 batches, long enough to be in flight.
     server = LiveServer(
         tiny_models,
-        env={"PIX2PIX_TILE_SIZE": "64", "PIX2PIX_TILE_OVERLAP": "8", "PIX2PIX_MAX_BATCH": "1"},
+        # A deadline far beyond what the three requests need.
+        env={**SLOW_TILES, "PIX2PIX_DRAIN_TIMEOUT_S": "300"},
         log=tmp_path / "server.log",
     )
     big = png(640, 640, seed=3)
@@ -386,3 +390,107 @@ def test_sigterm_lets_requests_in_flight_finish_before_exit(tiny_models, tmp_pat
     assert log.count('"status": 200') == 3 and "Finished server process" in log
     assert log.index("Shutting down") < log.rindex('"status": 200')
     assert time.monotonic() - signalled > 0.3  # it did wait for them
+
+
+def send_all(url: str, bodies: list[bytes]) -> tuple[list[threading.Thread], dict]:
+    """Each body as its own translate request on its own thread; the answers by index."""
+    results: dict[int, httpx.Response | Exception] = {}
+
+    def send(index: int) -> None:
+        try:
+            results[index] = translate(url, "photo", bodies[index])
+        except Exception as error:  # recorded and asserted on below
+            results[index] = error
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+@pytest.mark.parametrize(
+    "deadline",
+    [
+        pytest.param({"PIX2PIX_DRAIN_TIMEOUT_S": "1"}, id="the drain's deadline"),
+        pytest.param(
+            {"PIX2PIX_DRAIN_TIMEOUT_S": "300", "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "1"},
+            id="uvicorn's shorter timeout",
+        ),
+    ],
+)
+def test_a_drain_answers_what_cannot_finish_in_time_with_503_never_500(
+    tiny_models, tmp_path, deadline
+):
+    log = tmp_path / "server.log"
+    server = LiveServer(tiny_models, env={**SLOW_TILES, **deadline}, log=log)
+    # Eight large requests at once keep the service busy for far longer than a second.
+    threads, results = send_all(server.url, [png(640, 640, seed=i) for i in range(8)])
+    try:
+        deadline_at = time.monotonic() + 60
+        while queue_depth(server.url) == 0:
+            assert time.monotonic() < deadline_at, "the requests never reached the queue"
+            time.sleep(0.02)
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=120)
+        assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+        server.stop()
+    answers = [results[index] for index in range(8)]
+    assert all(isinstance(answer, httpx.Response) for answer in answers), answers
+    statuses = sorted(answer.status_code for answer in answers)
+    assert set(statuses) <= {200, 503}, statuses
+    refused = [answer for answer in answers if answer.status_code == 503]
+    assert refused, f"every request finished within the deadline: {statuses}"
+    for answer in refused:
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json()["error"]["code"] == "shutting_down"
+    for answer in answers:
+        if answer.status_code == 200:
+            assert Image.open(io.BytesIO(answer.content)).size == (640, 640)
+    text = log.read_text()
+    assert "Traceback" not in text and "Exception in ASGI application" not in text
+    # One line for each refused request, and the server finished its shutdown.
+    assert text.count("answered 503 (request") == len(refused)
+    assert "Finished server process" in text
+
+
+def test_a_second_uvicorn_worker_is_refused_with_a_clear_message(tiny_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    log = tmp_path / "server.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:create_app",
+                "--factory",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+            ],
+            env={**os.environ, "PIX2PIX_MODELS_DIR": str(tiny_models)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            # uvicorn stops every worker once one fails to start.
+            process.wait(timeout=180)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    text = log.read_text()
+    assert "runs one worker per process" in text, text[-2000:]
+    assert "one container per worker" in text
+    assert "failed to start, stopping the parent process" in text
