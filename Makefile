@@ -54,15 +54,19 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Rebuild the bundled demo models from scratch: labels2photo on the synthetic landscapes (ONNX, fp16
-# weights, about 5 MB); facades (paint facade labels -> a building) and gray2color (colorization), both
-# trained on the real photos of CMP Facades (ONNX, fp16-stored weights, 7.4 and 8.5 MB). About an hour on two CPU
-# cores. FACADES names an existing copy of the facades set; otherwise it is downloaded there.
+# Rebuild the bundled demo models from scratch: labels2photo on the synthetic landscapes, facades
+# (paint facade labels -> a building) on the real photos of CMP Facades, and gray2color
+# (colorization) on 367 photos of cbsd432 (ONNX, fp16-stored weights: 5.0, 7.4 and 8.5 MB). About an
+# hour on two CPU cores. FACADES names an existing copy of the facades set (otherwise it is
+# downloaded there); CBSD432 the cbsd432 photos (see ../shared/datasets/README.md), split into
+# train/val/test by `pix2pix data holdout`.
 FACADES ?= data/facades
+CBSD432 ?= ../shared/datasets/cbsd432
 demo-models: $(VENV)/.installed
 	$(BIN)/pix2pix data synth --out data/synth-labels --n 1000 --size 128 --seed 0
 	test -d $(FACADES) || $(BIN)/pix2pix data download facades --root $(dir $(FACADES))
-	$(BIN)/pix2pix data split $(FACADES) --side A --out data/facade-photos
+	rm -rf data/cbsd432-photos
+	$(BIN)/pix2pix data holdout $(CBSD432) --out data/cbsd432-photos --seed 0
 	rm -rf runs/synth-labels runs/demo-facades runs/demo-gray2color
 	$(BIN)/pix2pix train --config configs/synth-labels.toml
 	$(BIN)/pix2pix train --config configs/demo-facades.toml --data.root $(FACADES)
