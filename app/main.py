@@ -22,6 +22,7 @@ from app.lifecycle import (
     claim_the_only_worker,
     warn_if_uvicorn_cancels_first,
 )
+from app.memory import configure_malloc
 from app.metrics import Metrics
 from app.middleware import AccessMiddleware, BodyLimitMiddleware
 from app.registry import ModelRegistry
@@ -55,27 +56,6 @@ def _configure_logging() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         service.addHandler(handler)
         service.setLevel(logging.INFO)
-
-
-def _return_freed_memory_to_the_os() -> None:
-    """Serve big buffers with mmap and cap malloc arenas (glibc only).
-
-    Requests allocate and free buffers of tens of MB (decoded images, tiles, outputs) on many
-    threads. glibc's defaults keep such memory in per-thread arenas once freed, so under mixed
-    load the RSS ratchets up by hundreds of MB; with a fixed mmap threshold it goes back at once.
-    """
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold, m_arena_max = -3, -8
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
-    libc.mallopt(m_arena_max, 2)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -144,7 +124,7 @@ def _lifespan(
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     _configure_logging()
-    _return_freed_memory_to_the_os()
+    configure_malloc()
     if settings.threads and torch_available():
         import torch
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.batching import MicroBatcher
+from app.memory import give_back_freed_memory
 from app.metrics import Metrics
 from app.settings import Settings
 from app.workers import inference_threads
@@ -412,7 +413,10 @@ class ModelRegistry:
         await served.idle.wait()
         assert served.batcher is not None
         await served.batcher.stop()
-        served.runtime = None
+        # Its batcher and runtime were the last to hold the session, weights and buffers:
+        # freed with them, their pages go back to the operating system.
+        served.runtime, served.batcher = None, None
+        await asyncio.to_thread(give_back_freed_memory)
         logger.info("model %s: version %s stopped", served.name, served.version)
 
     # -- lookups -------------------------------------------------------------------------------
