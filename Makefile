@@ -40,7 +40,8 @@ docker-test: $(VENV)/.installed
 	PYTHON=$(BIN)/python timeout 3600 docker/test.sh
 
 # The long reliability runs (a few minutes each, niced): 10,000 fuzzed uploads and the
-# SIGKILL/resume soak (pytest -m reliability), then 5,000 requests at 32 connections.
+# SIGKILL/resume soak (pytest -m reliability), then 5,000 requests at 32 connections while
+# every model is replaced ten times (bench/load.py; docs/reliability.md).
 reliability: $(VENV)/.installed-dev
 	nice $(BIN)/python -m pytest -m reliability -s tests/test_fuzz.py tests/test_training_faults.py
 	nice $(BIN)/python bench/load.py --requests 5000 --concurrency 32 --models $(MODELS)
