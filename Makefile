@@ -60,9 +60,11 @@ format: $(VENV)/.installed-dev
 # (colorization) on 367 photos of cbsd432 (ONNX, fp16-stored weights: 5.0, 7.4 and 8.5 MB). About an
 # hour on two CPU cores. FACADES names an existing copy of the facades set (otherwise it is
 # downloaded there); CBSD432 the cbsd432 photos (see ../shared/datasets/README.md), split into
-# train/val/test by `pix2pix data holdout`.
+# train/val/test by `pix2pix data holdout`. Last, bench/demo_examples.py puts back each model's
+# opening scenes and examples (facades and Kodak24 photos read from DATASETS).
 FACADES ?= data/facades
 CBSD432 ?= ../shared/datasets/cbsd432
+DATASETS ?= ../shared/datasets
 demo-models: $(VENV)/.installed
 	$(BIN)/pix2pix data synth --out data/synth-labels --n 1000 --size 128 --seed 0
 	test -d $(FACADES) || $(BIN)/pix2pix data download facades --root $(dir $(FACADES))
@@ -75,6 +77,7 @@ demo-models: $(VENV)/.installed
 	$(BIN)/pix2pix export runs/synth-labels --format onnx --half --out models/labels2photo
 	$(BIN)/pix2pix export runs/demo-facades --format onnx --half --out models/facades
 	$(BIN)/pix2pix export runs/demo-gray2color --format onnx --half --out models/gray2color
+	$(BIN)/python bench/demo_examples.py --datasets $(DATASETS) --models models
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
