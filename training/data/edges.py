@@ -30,12 +30,12 @@ from tqdm import tqdm
 
 from model.atomic_files import write_atomic, write_text_atomic
 from model.processing import IMAGE_SUFFIXES, list_images, to_rgb
+from training.data.splits import SPLITS, deal, shuffled
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("canny", "xdog")
-SPLITS = ("train", "val", "test")
 # The options file in the output folder; --overwrite removes it with the split folders.
 MANIFEST = "edges.json"
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
@@ -153,38 +153,15 @@ def check_split(fractions: tuple[float, float, float]) -> tuple[float, float, fl
     return fractions
 
 
-def split_counts(total: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """How many of ``total`` photos each split gets: the largest-remainder rounding of the
-    fractions, with at least one photo in each split whose fraction is above zero."""
-    wanted = [total * fraction for fraction in fractions]
-    counts = [math.floor(value) for value in wanted]
-    by_remainder = sorted(range(3), key=lambda index: counts[index] - wanted[index])
-    for index in by_remainder[: total - sum(counts)]:
-        counts[index] += 1
-    needed = [index for index in range(3) if fractions[index] > 0]
-    if total < len(needed):
-        named = ", ".join(SPLITS[index] for index in needed)
-        raise DataError(f"{total} photo(s) cannot fill the {len(needed)} splits {named}")
-    for index in needed:
-        if counts[index] == 0:
-            counts[max(range(3), key=lambda other: counts[other])] -= 1
-            counts[index] = 1
-    return counts[0], counts[1], counts[2]
-
-
-def shuffled(photos: list[Path], seed: int) -> list[Path]:
-    """The photos (in name order) in the order of a shuffle seeded with ``seed``."""
-    order = np.random.default_rng(seed).permutation(len(photos))
-    return [photos[index] for index in order]
-
-
 def cut_splits(photos: list[Path], fractions: tuple[float, float, float]) -> dict[str, list[Path]]:
-    """Consecutive runs of ``photos`` for train, val and test, sized by ``split_counts``."""
-    splits, start = {}, 0
-    for split, count in zip(SPLITS, split_counts(len(photos), fractions), strict=True):
-        splits[split] = sorted(photos[start : start + count])
-        start += count
-    return splits
+    """``photos`` (in shuffled order) dealt into train, val and test by ``fractions``
+    (``training.data.splits.deal``), each split in name order."""
+    needed = [split for split, fraction in zip(SPLITS, fractions, strict=True) if fraction > 0]
+    dealt = deal(photos, val_fraction=fractions[1], test_fraction=fractions[2])
+    if len(photos) < len(needed) or not dealt["train"]:
+        named = ", ".join(needed)
+        raise DataError(f"{len(photos)} photo(s) cannot fill the {len(needed)} splits {named}")
+    return {split: sorted(dealt[split]) for split in SPLITS}
 
 
 def write_edges_dataset(

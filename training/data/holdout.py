@@ -5,11 +5,11 @@ always give the same split on any machine. Files are copied byte for byte (the p
 their format); the source folder is only read.
 """
 
-import random
 import shutil
 from pathlib import Path
 
 from model.processing import list_images
+from training.data.splits import deal, shuffled
 from training.errors import DataError
 
 
@@ -36,11 +36,8 @@ def split_photos(
     photos = list_images(source)
     if not photos:
         raise DataError(f"{source} holds no images (looked for PNG, JPEG and the like)")
-    counts = {
-        "test": _share(len(photos), test_fraction),
-        "val": _share(len(photos), val_fraction),
-    }
-    counts["train"] = len(photos) - counts["test"] - counts["val"]
+    dealt = deal(shuffled(photos, seed), val_fraction, test_fraction)
+    counts = {split: len(dealt[split]) for split in ("test", "val", "train")}
     if counts["train"] < 1:
         raise DataError(
             f"{len(photos)} photo(s) with --test-fraction {test_fraction} and --val-fraction "
@@ -52,23 +49,9 @@ def split_photos(
             f"{', '.join(str(path) for path in taken)} already exist(s): choose an empty --out "
             "or remove it, so that two splits do not mix"
         )
-    order = list(photos)
-    random.Random(seed).shuffle(order)
-    dealt = {
-        "test": order[: counts["test"]],
-        "val": order[counts["test"] : counts["test"] + counts["val"]],
-        "train": order[counts["test"] + counts["val"] :],
-    }
     for split, files in dealt.items():
         folder = out / split
         folder.mkdir(parents=True)
         for path in files:
             shutil.copyfile(path, folder / path.name)
     return counts
-
-
-def _share(total: int, fraction: float) -> int:
-    """Photos for one held-out split: ``fraction`` of ``total``, at least one if above 0."""
-    if fraction == 0:
-        return 0
-    return max(1, round(total * fraction))
