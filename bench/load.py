@@ -21,7 +21,7 @@ small image's (64 and 128 px) p50 over 1 s, /healthz's p99 over 100 ms, or RSS g
 warm-up of 50 MB or more once the replaced versions have stopped.
 
 A size's bound is ``--wait-bound`` times its service time, plus the service time of a 512 px
-image (one tile: the longest job a request may find running, which nothing interrupts). By
+image (one tile: the longest job a request may find running in a model's queue). By
 default the multiple is three times the connections: ``app/scheduling.py`` keeps every wait
 within twice an equal share of the server among them, counted in pixels of work
 (``tests/test_scheduling.py``); counted in seconds on a shared machine, one share more allows
@@ -484,7 +484,7 @@ def report_phases(phases: list[Phase], figures: dict) -> None:
 
 def size_bounds(service: dict[int, float], wait_bound: float) -> dict[int, float]:
     """Each size's p99 bound in seconds: ``wait_bound`` times its service time, plus one
-    tile's (the longest job it may find running, which nothing interrupts)."""
+    tile's (the longest job it may find running in a model's queue, which nothing interrupts)."""
     tile = service.get(TILE_SIDE, 0.0)
     return {size: wait_bound * seconds + tile for size, seconds in service.items()}
 
