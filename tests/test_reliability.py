@@ -423,8 +423,9 @@ def test_a_drain_answers_what_cannot_finish_in_time_with_503_never_500(
 ):
     log = tmp_path / "server.log"
     server = LiveServer(tiny_models, env={**SLOW_TILES, **deadline}, log=log)
-    # Eight large requests at once keep the service busy for far longer than a second.
-    threads, results = send_all(server.url, [png(640, 640, seed=i) for i in range(8)])
+    # Eight large requests at once, about 3,000 batches of small tiles, keep the service busy
+    # for far longer than a second.
+    threads, results = send_all(server.url, [png(1024, 1024, seed=i) for i in range(8)])
     try:
         deadline_at = time.monotonic() + 60
         while queue_depth(server.url) == 0:
@@ -449,7 +450,7 @@ def test_a_drain_answers_what_cannot_finish_in_time_with_503_never_500(
         assert answer.json()["error"]["code"] == "shutting_down"
     for answer in answers:
         if answer.status_code == 200:
-            assert Image.open(io.BytesIO(answer.content)).size == (640, 640)
+            assert Image.open(io.BytesIO(answer.content)).size == (1024, 1024)
     text = log.read_text()
     assert "Traceback" not in text and "Exception in ASGI application" not in text
     # One line for each refused request, and the server finished its shutdown.
