@@ -119,3 +119,11 @@ def apply_inference_mode(generator: nn.Module, mode: str) -> None:
     at each image's own statistics otherwise."""
     generator.train(mode == "train")
     use_sample_statistics(generator, mode != "eval")
+
+
+def apply_spec(generator: nn.Module, spec: GeneratorSpec) -> None:
+    """Run a rebuilt generator as ``spec`` says at inference: its inference mode and, for the
+    ab_bins head, its decoding temperature (both may differ from the weights' own spec)."""
+    apply_inference_mode(generator, spec.inference_mode)
+    if spec.architecture.head == "ab_bins":
+        generator.head.temperature = spec.architecture.temperature

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from model.atomic_files import make_readable
-from model.checkpoint import apply_inference_mode, load_generator
+from model.checkpoint import apply_spec, load_generator
 from model.errors import CheckpointError
 from model.example_inputs import copy_example_inputs
 from model.export_formats import EXPORT_FORMATS, ONNX, ExportFormat, export_format, write_onnx
@@ -71,20 +71,22 @@ def export_model(
     calibration: np.ndarray | None = None,
     min_psnr: float = 40.0,
     recalibration: np.ndarray | None = None,
+    temperature: float | None = None,
 ) -> ExportResult:
     """Write ``out`` (spec.json + weights) from a run directory, checkpoint or model folder.
 
     ``int8`` (ONNX only) quantizes the convolutions, calibrated on ``calibration`` inputs
     (N, C, H, W) in the network's input encoding; see ``model.quantize``. ``recalibration``
     inputs, in the same encoding, first set batch norm's statistics to the generator's own
-    over them (``model.recalibration``), for ``eval`` mode.
+    over them (``model.recalibration``), for ``eval`` mode. ``temperature`` sets an ab_bins
+    colorizer's decoding temperature (see ``GeneratorSpec.with_temperature``).
     """
     entry = export_format(format)
     if int8 and (entry is not ONNX or half):
         raise CheckpointError("--int8 applies to --format onnx only, and not with --half")
     if int8 and calibration is None:
         raise CheckpointError("int8 export needs calibration images")
-    generator, spec = _prepared_generator(source, inference_mode, recalibration)
+    generator, spec = _prepared_generator(source, inference_mode, recalibration, temperature)
     if spec.inference_mode == "train" and not entry.carries_dropout:  # int8 included
         carrying = "/".join(other.name for other in EXPORT_FORMATS if other.carries_dropout)
         raise CheckpointError(
@@ -123,14 +125,19 @@ def export_model(
 
 
 def _prepared_generator(
-    source: str | Path, inference_mode: str | None, recalibration: np.ndarray | None
+    source: str | Path,
+    inference_mode: str | None,
+    recalibration: np.ndarray | None,
+    temperature: float | None = None,
 ) -> tuple[torch.nn.Module, GeneratorSpec]:
-    """The generator to export, in the inference mode asked for, its statistics recalibrated
-    if asked, and the spec that says so."""
+    """The generator to export, in the inference mode and at the decoding temperature asked
+    for, its statistics recalibrated if asked, and the spec that says so."""
     generator, spec = load_generator(source, "cpu")
     if inference_mode is not None:
         spec = dataclasses.replace(spec, inference_mode=inference_mode)
-        apply_inference_mode(generator, inference_mode)
+    if temperature is not None:
+        spec = spec.with_temperature(temperature)
+    apply_spec(generator, spec)
     if recalibration is not None:
         _recalibrate(generator, spec, recalibration)
         spec = dataclasses.replace(

@@ -242,10 +242,10 @@ def _open_torch(
     name: str, path: Path, spec: GeneratorSpec, device: str, threads: int, spinning: bool
 ) -> Runtime:
     """The generator rebuilt from its weights, in the caller's spec's inference mode."""
-    from model.checkpoint import apply_inference_mode, load_generator
+    from model.checkpoint import apply_spec, load_generator
 
     generator, _ = load_generator(path.parent, device)
-    apply_inference_mode(generator, spec.inference_mode)  # the caller's spec may override it
+    apply_spec(generator, spec)  # the caller's spec may override the mode and temperature
     precision = "bf16" if name.endswith("bf16") else "fp16" if name.endswith("fp16") else "fp32"
     return TorchRuntime(generator, device, precision, compile=name.startswith("torch-compile"))
 
@@ -283,22 +283,38 @@ def time_runtime(runtime: Runtime, spec: GeneratorSpec, repeats: int = 2) -> flo
     return (time.perf_counter() - start) / repeats * 1000.0
 
 
-def _in_other_mode(
-    folder: Path, spec: GeneratorSpec, runtime: str, inference_mode: str
+def _overridden(
+    folder: Path,
+    spec: GeneratorSpec,
+    runtime: str,
+    inference_mode: str | None,
+    temperature: float | None,
 ) -> tuple[GeneratorSpec, str]:
-    """The spec in ``inference_mode`` and the runtime to run it: only a runtime that rebuilds
-    the network from its weights can (``auto`` picks it)."""
-    exported_mode = spec.inference_mode
-    spec = dataclasses.replace(spec, inference_mode=inference_mode)  # checks the name
+    """The spec in ``inference_mode`` at ``temperature`` (None: the spec's) and the runtime to
+    run it: where either differs from the export's, only a runtime that rebuilds the network
+    from its weights can (``auto`` picks it)."""
+    exported = spec
+    changes = []
+    if inference_mode is not None and inference_mode != spec.inference_mode:
+        spec = dataclasses.replace(spec, inference_mode=inference_mode)  # checks the name
+        changes.append(f"in inference mode {inference_mode!r}")
+    if temperature is not None and temperature != spec.architecture.temperature:
+        spec = spec.with_temperature(temperature)
+        changes.append(f"at temperature {temperature:g}")
+    if not changes:
+        return spec, runtime
     weights = (folder / SAFETENSORS.weight_file).is_file()
     if runtime == "auto" and weights:
         runtime = SAFETENSORS.runtimes[0]
     if runtime == "auto" or format_of_runtime(runtime).fixes_inference_mode:
         fixed = " or ".join(entry.label for entry in EXPORT_FORMATS if entry.fixes_inference_mode)
+        kept = f"inference mode {exported.inference_mode!r}"
+        if exported.architecture.head == "ab_bins":
+            kept += f" and temperature {exported.architecture.temperature:g}"
         raise CheckpointError(
-            f"{folder}: running it in inference mode {inference_mode!r} needs the "
-            f"generator's weights ({SAFETENSORS.weight_file}) and PyTorch; an {fixed} "
-            f"export keeps the mode it was exported with ({exported_mode!r})"
+            f"{folder}: running it {' and '.join(changes)} needs the generator's weights "
+            f"({SAFETENSORS.weight_file}) and PyTorch; an {fixed} export keeps the {kept} "
+            "it was exported with"
         )
     return spec, runtime
 
@@ -310,6 +326,7 @@ def load_model(
     threads: int = 0,
     spinning: bool = True,
     inference_mode: str | None = None,
+    temperature: float | None = None,
 ) -> LoadedModel:
     """Spec plus a ready runtime for a model folder, checkpoint or run directory.
 
@@ -317,12 +334,12 @@ def load_model(
     batch and keeps the fastest; a runtime that fails to build is logged and skipped.
     ``spinning=False`` lets ONNX Runtime's idle threads sleep (for a service sharing the CPU).
     ``inference_mode`` runs the generator in another mode than its spec's (see
-    ``GeneratorSpec``); ONNX and TorchScript files carry theirs, so that takes the weights.
+    ``GeneratorSpec``), ``temperature`` decodes an ab_bins colorizer at another temperature;
+    ONNX and TorchScript files carry theirs, so either takes the weights.
     """
     folder = resolve_model_folder(path)
     spec = load_spec(folder)
-    if inference_mode is not None and inference_mode != spec.inference_mode:
-        spec, runtime = _in_other_mode(folder, spec, runtime, inference_mode)
+    spec, runtime = _overridden(folder, spec, runtime, inference_mode, temperature)
     if runtime != "auto":
         device = resolve_device(device, onnx_only=format_of_runtime(runtime) is ONNX)
         built = build_runtime(runtime, folder, spec, device, threads, spinning)

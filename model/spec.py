@@ -7,6 +7,7 @@ padding multiple, and whether dropout/normalization run in train or eval mode at
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -285,6 +286,18 @@ class GeneratorSpec:
             return cls.from_json(path.read_text(encoding="utf-8"))
         except SpecError as error:
             raise SpecError(f"{path}: {error}") from error
+
+    def with_temperature(self, temperature: float) -> GeneratorSpec:
+        """This spec decoding its ab bins at ``temperature`` (lower: more colorful, higher:
+        closer to the mean color, more accurate); only the ``ab_bins`` head has one."""
+        if self.architecture.head != "ab_bins":
+            raise SpecError(
+                "a decoding temperature applies to colorizers with the ab_bins head "
+                f"(train.color_loss = 'classification'); this one's head is "
+                f"{self.architecture.head!r}"
+            )
+        architecture = dataclasses.replace(self.architecture, temperature=float(temperature))
+        return dataclasses.replace(self, architecture=architecture)
 
     # -- derived facts ---------------------------------------------------------------------
 

@@ -104,11 +104,18 @@ class Translator:
         runtime: str = "auto",
         device: str = "auto",
         inference_mode: str | None = None,
+        temperature: float | None = None,
         **options,
     ) -> Translator:
         from model.runtime import load_model
 
-        loaded = load_model(path, runtime=runtime, device=device, inference_mode=inference_mode)
+        loaded = load_model(
+            path,
+            runtime=runtime,
+            device=device,
+            inference_mode=inference_mode,
+            temperature=temperature,
+        )
         return cls(loaded.runtime, loaded.spec, **options)
 
     def translate_arrays(self, arrays: Sequence[np.ndarray], resize: str = "pad") -> list:

@@ -119,6 +119,7 @@ def export(
     calibration_images: int = 64,
     min_psnr: float = 40.0,
     recalibrate_bn: int = 0,
+    temperature: float | None = None,
 ) -> ExportResult:
     """Export a run's generator to a model folder, as ``pix2pix export``.
 
@@ -128,7 +129,8 @@ def export(
     root or a folder of inputs; default the run's dataset) and refuses a model below
     ``min_psnr`` dB against fp32. ``recalibrate_bn`` > 0 first sets batch norm's statistics
     to the generator's own over that many inputs of ``calibration`` (as
-    ``train.recalibrate_bn`` does in training; ``eval`` mode only). Returns the folder, its
+    ``train.recalibrate_bn`` does in training; ``eval`` mode only). ``temperature`` sets an
+    ab_bins colorizer's decoding temperature (lower: more colorful). Returns the folder, its
     size and the parity checked.
     """
     from model.errors import CheckpointError
@@ -154,6 +156,7 @@ def export(
         calibration=inputs,
         min_psnr=min_psnr,
         recalibration=recalibration,
+        temperature=temperature,
     )
 
 
@@ -172,13 +175,15 @@ def evaluate(
     progress: bool = False,
     palette_tolerance: int | None = None,
     inference_mode: str | None = None,
+    temperature: float | None = None,
 ) -> Evaluation:
     """Score a generator on a dataset split, as ``pix2pix evaluate``; returns the
     ``Evaluation`` (``metrics``, ``per_class``, ``count``...) and, unless ``out`` is None,
     writes the report there (``metrics.json``, ``index.html``, figures).
 
     ``palette_tolerance`` is how far (per channel, 0..255) the split's label colors may stray
-    from the palette; None reads them as the model's spec says it was trained."""
+    from the palette; None reads them as the model's spec says it was trained.
+    ``temperature`` decodes an ab_bins colorizer at another temperature than its spec's."""
     from model.runtime import resolve_device
     from training.evaluation.evaluate import evaluate_model
     from training.evaluation.report import write_report
@@ -196,6 +201,7 @@ def evaluate(
         progress=progress,
         palette_tolerance=palette_tolerance,
         inference_mode=inference_mode,
+        temperature=temperature,
     )
     if out is not None:
         write_report([evaluation], out)

@@ -290,3 +290,68 @@ def test_served_colorization_returns_the_input_size_and_lightness(binned_model, 
     assert result.size == (50, 37) and result.mode == "RGB"
     luma = np.asarray(result.convert("L"), dtype=float)
     assert np.corrcoef(luma.ravel(), gray.ravel().astype(float))[0, 1] > 0.95
+
+
+# -- the decoding temperature as a serving choice ------------------------------------------------
+
+
+def test_a_decoding_temperature_is_refused_for_the_regression_head():
+    with pytest.raises(SpecError, match="ab_bins head .* this one's head is 'tanh'"):
+        GeneratorSpec(GeneratorArchitecture(), 3, 3).with_temperature(0.5)
+    spec = GeneratorSpec(BINNED, 1, 2, input_kind="grayscale", color_space="lab")
+    with pytest.raises(SpecError, match=r"temperature must be in \(0, 1\], got 1.5"):
+        spec.with_temperature(1.5)
+    assert spec.with_temperature(0.6).architecture.temperature == 0.6
+
+
+@pytest.mark.numeric
+def test_export_at_a_temperature_bakes_it_into_the_graph_and_the_spec(binned_model, tmp_path):
+    batch = np.random.default_rng(4).uniform(-1, 1, (1, 1, 64, 64)).astype(np.float32)
+    outputs = {}
+    for temperature in (0.2, 0.9):
+        folder = tmp_path / f"t{temperature}"
+        result = export_model(binned_model, folder, "onnx", temperature=temperature)
+        assert max(result.parity.values()) <= 1e-4  # against PyTorch at the same temperature
+        spec = json.loads((folder / "spec.json").read_text())
+        assert spec["architecture"]["temperature"] == temperature
+        outputs[temperature] = load_model(folder, runtime="onnx").runtime(batch)
+        reweighted = load_model(binned_model, runtime="torch", temperature=temperature)
+        assert np.abs(outputs[temperature] - reweighted.runtime(batch)).max() <= 1e-4
+    # Lower decodes nearer each pixel's most likely bin: the colors spread out more.
+    assert np.abs(outputs[0.2] - outputs[0.9]).max() > 1e-2
+    assert outputs[0.2].std(axis=(2, 3)).mean() > 1.2 * outputs[0.9].std(axis=(2, 3)).mean()
+
+
+def test_another_temperature_needs_the_weights_and_says_so(binned_model, tmp_path):
+    from model.errors import CheckpointError
+
+    export_model(binned_model, tmp_path / "onnx", "onnx")
+    with pytest.raises(CheckpointError, match="at temperature 0.5 needs the generator's weights"):
+        load_model(tmp_path / "onnx", temperature=0.5)
+    # The spec's own temperature is no change: the ONNX file serves it.
+    assert load_model(tmp_path / "onnx", temperature=0.38).runtime.name.startswith("onnx")
+    assert load_model(binned_model, temperature=0.5).spec.architecture.temperature == 0.5
+
+
+def test_evaluate_and_export_take_a_temperature_on_the_command_line(
+    binned_model, synth_color, tmp_path, capsys
+):
+    from pix2pix.cli import main
+
+    data = ["--data", str(synth_color), "--split", "test", "--quiet", "--samples", "1"]
+    scores = {}
+    for temperature in ("0.3", "0.9"):
+        out = tmp_path / f"report{temperature}"
+        assert main(["evaluate", str(binned_model), *data, "--temperature", temperature,
+                     "--out", str(out)]) == 0  # fmt: skip
+        report = json.loads((out / "metrics.json").read_text())["models"][0]
+        assert report["name"] == f"model (T {temperature})"
+        scores[temperature] = report["metrics"]["colorfulness_output"]
+    assert scores["0.3"] != scores["0.9"]
+    folder = tmp_path / "exported"
+    arguments = ["export", str(binned_model), "--format", "onnx", "--out", str(folder)]
+    assert main([*arguments, "--temperature", "0.6"]) == 0
+    assert json.loads((folder / "spec.json").read_text())["architecture"]["temperature"] == 0.6
+    capsys.readouterr()
+    assert main(["evaluate", str(folder), *data, "--temperature", "0.4", "--out", "x"]) == 1
+    assert "needs the generator's weights" in capsys.readouterr().err

@@ -53,6 +53,14 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         help="run batch norm and dropout as eval, sample or train instead of as the model's "
         "spec says (compare: one mode, or one per model, comma-separated)",
     )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        metavar="T",
+        help="colorizers trained by classification (ab_bins head): decode at this temperature "
+        "instead of the spec's (needs the generator's PyTorch weights)",
+    )
     parser.add_argument("--samples", type=int, default=8, help="rows in the sample grid")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
@@ -64,6 +72,7 @@ def evaluation_options(args: argparse.Namespace) -> dict:
     from model.runtime import resolve_device
 
     names = ("segmenter", "inception", "max_images", "samples", "batch_size", "palette_tolerance")
+    names += ("temperature",)
     options = {name: getattr(args, name) for name in names}
     if args.inference_mode is not None:
         modes = args.inference_mode.split(",")

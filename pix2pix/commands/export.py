@@ -25,8 +25,20 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "(each image's own statistics, no dropout) or train (sample plus the paper's "
         "test-time dropout)",
     )
+    add_temperature_option(parser)
     add_calibration_options(parser)
     parser.set_defaults(handler=run)
+
+
+def add_temperature_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="colorizers trained by classification (ab_bins head): decode the ab bins at this "
+        "temperature, in (0, 1]: lower is more colorful, higher closer to the mean color "
+        "(default: the spec's)",
+    )
 
 
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +81,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from pix2pix.api import export
 
     names = ("half", "inference_mode", "int8", "calibration", "calibration_images", "min_psnr")
-    names += ("recalibrate_bn",)
+    names += ("recalibrate_bn", "temperature")
     options = {name: getattr(args, name) for name in names}
     result = export(args.source, args.out, args.format, **options)
     if result.psnr is not None:

@@ -246,6 +246,7 @@ def evaluate_model(
     progress: bool = False,
     palette_tolerance: int | None = None,
     inference_mode: str | None = None,
+    temperature: float | None = None,
 ) -> Evaluation:
     """Score one generator on ``data_root``'s ``split``; see the module docstring.
 
@@ -253,17 +254,25 @@ def evaluate_model(
     spec's, as the model was trained).
 
     ``inference_mode`` runs it in another mode than its spec's (eval, sample or train), to see
-    which suits the data; the evaluation's name then says the mode."""
+    which suits the data; the evaluation's name then says the mode. ``temperature`` decodes
+    an ab_bins colorizer at another temperature than its spec's, and the name says it too."""
     translator = Translator.load(
-        model, runtime="auto", device=device, batch_size=batch_size, inference_mode=inference_mode
+        model,
+        runtime="auto",
+        device=device,
+        batch_size=batch_size,
+        inference_mode=inference_mode,
+        temperature=temperature,
     )
     spec = translator.spec
     config = data_config_for(spec, data_root, split, palette_tolerance)
     config.max_images = max_images
     dataset = PairedDataset(config, split, spec, train=False)
     notes: list[str] = []
-    if inference_mode is not None:
-        name = name or f"{_model_name(Path(model))} ({inference_mode})"
+    asked = [inference_mode] if inference_mode is not None else []
+    asked += [f"T {temperature:g}"] if temperature is not None else []
+    if asked:
+        name = name or f"{_model_name(Path(model))} ({', '.join(asked)})"
 
     loaded_segmenter = _load_segmenter(spec, data_root, segmenter, device, notes)
     features = _load_inception(inception, device, notes)
