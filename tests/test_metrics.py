@@ -169,6 +169,23 @@ def test_axis_aligned_content_is_not_mistaken_for_a_grid():
     assert abs(metrics.checkerboard_contrast(ramp).item()) < 3.0
 
 
+def test_a_grid_of_colored_dots_on_even_lightness_shows_in_the_ab_score_only():
+    photo = smooth_photos(seed=5, count=2)
+    # Red up where blue goes down, by amounts that cancel in the luma: a red/blue dot grid.
+    dots = grid(8) * torch.tensor([0.04, 0.0, -0.04 * 0.299 / 0.114]).view(1, 3, 1, 1)
+    dotted = (photo + dots).clamp(0, 1)
+    luma_rise = metrics.checkerboard_contrast(dotted) - metrics.checkerboard_contrast(photo)
+    assert luma_rise.abs().max().item() < 3.0
+
+    def chroma(images):
+        uint8 = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        ab = torch.from_numpy(metrics.ab_channels(uint8)).permute(0, 3, 1, 2)
+        return metrics.chroma_checkerboard_contrast(ab)
+
+    assert (chroma(dotted) - chroma(photo)).min().item() > 10.0
+    assert metrics.chroma_checkerboard_contrast(torch.zeros(1, 2, 32, 32)).tolist() == [0.0]
+
+
 def test_a_flat_image_has_zero_checkerboard_contrast():
     flat = torch.full((1, 3, 32, 32), 0.5)
     assert metrics.checkerboard_contrast(flat).tolist() == [0.0]

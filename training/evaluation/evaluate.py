@@ -160,6 +160,8 @@ class _Scores:
             errors = metrics.ab_error(output_ab, target_ab)
             self.ab_within += metrics.count_within(errors)
             self.ab_pixels += errors.size
+            self._add("checkerboard_ab_output", _chroma_checkerboard(output_ab))
+            self._add("checkerboard_ab_target", _chroma_checkerboard(target_ab))
             self._add("colorfulness_output", metrics.colorfulness(output_units))
             self._add("colorfulness_target", metrics.colorfulness(target_units))
         if self.segmenter is not None:
@@ -202,6 +204,9 @@ class _Scores:
             target_color = float(self.mean("colorfulness_target").mean())
             values |= {
                 "psnr_ab": float(np.concatenate(self.ab_psnr).mean()),
+                "checkerboard_ab": metrics.checkerboard_score(
+                    self.mean("checkerboard_ab_output"), self.mean("checkerboard_ab_target")
+                ),
                 "colorfulness_output": output_color,
                 "colorfulness_target": target_color,
                 "colorfulness_ratio": output_color / target_color if target_color else np.nan,
@@ -229,6 +234,11 @@ class _Scores:
                     }
                 )
         return values, per_class, curves
+
+
+def _chroma_checkerboard(ab: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 2) Lab ab -> the checkerboard contrast of the color per image."""
+    return metrics.chroma_checkerboard_contrast(torch.from_numpy(ab).permute(0, 3, 1, 2))
 
 
 def evaluate_model(

@@ -233,14 +233,28 @@ def checkerboard_contrast(images: torch.Tensor) -> torch.Tensor:
     them by 7 to 18 dB on average. Compare outputs with targets through
     :func:`checkerboard_score`, not with a fixed number.
     """
-    gray = luminance(images.double())[:, 0]
-    gray = gray - gray.mean(dim=(1, 2), keepdim=True)
-    height, width = gray.shape[-2:]
+    return _peak_contrast(luminance(images.double()))
+
+
+def chroma_checkerboard_contrast(ab: torch.Tensor) -> torch.Tensor:
+    """:func:`checkerboard_contrast` of the color: the power spectra of a Lab image's a and b
+    channels, (N, 2, H, W), summed before the peaks are read, in dB per image: (N,).
+
+    A grid of colored dots on an even lightness (red and blue alternating, say) leaves the luma
+    nearly flat; this score sees it. The scale of ``ab`` cancels in the ratios."""
+    return _peak_contrast(ab.double())
+
+
+def _peak_contrast(planes: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> dB per image: the channels' power spectra summed, then read at the
+    upsampling periods against their neighbours (see :func:`checkerboard_contrast`)."""
+    planes = planes - planes.mean(dim=(2, 3), keepdim=True)
+    height, width = planes.shape[-2:]
     window = torch.outer(
         torch.hann_window(height, periodic=False, dtype=torch.float64),
         torch.hann_window(width, periodic=False, dtype=torch.float64),
     )
-    power = torch.fft.fft2(gray * window).abs().square() + POWER_FLOOR
+    power = torch.fft.fft2(planes * window).abs().square().sum(dim=1) + POWER_FLOOR
     ratios = []
     for frequency_y, frequency_x in CHECKERBOARD_PEAKS:
         row = round(frequency_y * height) % height

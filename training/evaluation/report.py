@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "checkerboard": ("Checkerboard vs targets (dB)", "closer to 0"),
     "blob_rate": ("Outputs with a white blob", "lower"),
     "psnr_ab": ("PSNR ab (dB)", "higher"),
+    "checkerboard_ab": ("Checkerboard on ab vs targets (dB)", "closer to 0"),
     "colorfulness_output": ("Colorfulness of outputs", "closer to targets"),
     "colorfulness_target": ("Colorfulness of targets", "reference"),
     "colorfulness_ratio": ("Colorfulness ratio", "closer to 1"),
