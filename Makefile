@@ -76,7 +76,7 @@ demo-models: $(VENV)/.installed
 	$(BIN)/pix2pix train --config configs/demo-gray2color.toml
 	$(BIN)/pix2pix export runs/synth-labels --format onnx --half --out models/labels2photo
 	$(BIN)/pix2pix export runs/demo-facades --format onnx --half --out models/facades
-	$(BIN)/pix2pix export runs/demo-gray2color --format onnx --half --out models/gray2color
+	$(BIN)/pix2pix export runs/demo-gray2color --format onnx --half --temperature 0.5 --out models/gray2color
 	$(BIN)/python bench/demo_examples.py --datasets $(DATASETS) --models models
 
 clean:
