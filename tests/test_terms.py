@@ -12,12 +12,13 @@ from model.networks import build_discriminator, init_weights
 from model.spec import GeneratorArchitecture, GeneratorSpec, LabelClass
 from training.config import Config, ConfigError
 from training.loop.discriminator_augment import PairAugment
-from training.loop.losses import GANLoss, feature_matching_loss
+from training.loop.losses import GANLoss, feature_matching_loss, focal_frequency_loss
 from training.loop.pool import HistoryPool
 from training.loop.terms import (
     TERMS,
     AdversarialTerm,
     FeatureMatchingTerm,
+    FrequencyTerm,
     R1Term,
     ReconstructionTerm,
     SemanticTerm,
@@ -88,6 +89,41 @@ def test_the_total_is_the_weighted_sum_of_the_losses_and_leaves_accuracies_out()
     assert set(values) == {"D_real", "D_fake", "D_acc_real", "D_acc_fake"}
     torch.testing.assert_close(objective.total(values), 0.5 * (values["D_real"] + values["D_fake"]))
     assert not values["D_acc_real"].requires_grad
+
+
+def test_the_frequency_term_weighs_in_by_its_option():
+    objective = build_objective(
+        context(lambda_gan=0.0, lambda_l1=1.0, lambda_frequency=2.0), PairAugment()
+    )
+    assert [type(term) for term in objective.terms] == [ReconstructionTerm, FrequencyTerm]
+    real_a, real_b = pairs()
+    fake_b = (real_b * 0.5).requires_grad_(True)
+    values = objective.generator_losses(real_a, real_b, fake_b)
+    assert set(values) == {"G_L1", "G_freq"} and values["G_freq"] > 0
+    torch.testing.assert_close(objective.total(values), values["G_L1"] + 2.0 * values["G_freq"])
+    with pytest.raises(ConfigError, match="lambda_frequency"):
+        context(lambda_frequency=-1.0).config.validate()
+
+
+def test_the_focal_frequency_loss_leans_on_the_frequencies_most_wrong():
+    torch.manual_seed(2)
+    real = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert focal_frequency_loss(real, real).item() == 0.0
+    # A blur leaves the low frequencies almost right and the high ones wrong. With every
+    # frequency weighted alike (alpha 0) the loss is the plain spectral MSE, which by Parseval
+    # is the pixel MSE; the focal weights keep the large (high-frequency) errors near full
+    # weight and shrink the small ones.
+    blurred = torch.nn.functional.avg_pool2d(real, 3, stride=1, padding=1, count_include_pad=False)
+    plain = focal_frequency_loss(blurred, real, alpha=0.0)
+    torch.testing.assert_close(plain, (blurred - real).square().mean(), rtol=1e-4, atol=1e-6)
+    focal = focal_frequency_loss(blurred, real)
+    assert 0 < focal < plain
+    blurred.requires_grad_(True)
+    focal_frequency_loss(blurred, real).backward()
+    spectrum = torch.fft.fft2(blurred.grad).abs()
+    high = spectrum[..., 12:20, 12:20].mean()  # around the Nyquist frequency
+    low = spectrum[..., :3, :3].mean()
+    assert high > 5 * low  # the gradient pushes the high frequencies back
 
 
 def test_d_is_asked_once_per_step_whatever_the_terms_read():

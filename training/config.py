@@ -161,6 +161,10 @@ class TrainConfig:
     # real pairs, in L1, weighted 4 / layers per scale and averaged over scales (0 = off;
     # pix2pixHD uses 10). Costs one more D forward on the real pair per G step.
     lambda_feat: float = 0.0
+    # Focal frequency loss (Jiang et al. 2021): G's output and B compared as 2-D spectra, each
+    # frequency weighted by how wrong it is, so the high frequencies L1 blurs away weigh in
+    # (0 = off; the paper's weight is 1).
+    lambda_frequency: float = 0.0
     # Lazy R1 penalty (Mescheder et al. 2018, as in StyleGAN2): every r1_every D steps,
     # r1_gamma / 2 * E ||grad_B D(A, B)||^2 on real pairs, times r1_every, joins D's loss
     # (0 = off). D(A, B) is the mean patch logit; multi-scale D sums the scales' penalties.
@@ -229,7 +233,8 @@ class TrainConfig:
             _positive(f"train.{key}", getattr(self, key))
         counts = ("epochs", "epochs_decay", "max_steps", "early_stop_patience", "recalibrate_bn")
         weights = ("lr_d", "lambda_l1", "lambda_gan", "lambda_feat", "r1_gamma", "lambda_semantic")
-        for key in (*counts, *weights, "lambda_classification", "early_stop_min_delta"):
+        weights += ("lambda_frequency", "lambda_classification")
+        for key in (*counts, *weights, "early_stop_min_delta"):
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
         for policy in self.d_augment_policy:
             _choice("train.d_augment", policy, D_AUGMENTS)

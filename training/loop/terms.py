@@ -26,7 +26,13 @@ from training.config import Config, ConfigError
 from training.data.datasets import PairedDataset
 from training.loop.color_loss import ColorClassificationLoss, estimate_prior
 from training.loop.discriminator_augment import PairAugment
-from training.loop.losses import GANLoss, R1Penalty, SemanticLoss, feature_matching_loss
+from training.loop.losses import (
+    GANLoss,
+    R1Penalty,
+    SemanticLoss,
+    feature_matching_loss,
+    focal_frequency_loss,
+)
 from training.loop.sampling import spread
 
 logger = logging.getLogger(__name__)
@@ -239,6 +245,21 @@ class ReconstructionTerm(Term):
         return {"G_L1": torch.nn.functional.l1_loss(batch.fake_b.float(), batch.real_b)}
 
 
+class FrequencyTerm(Term):
+    """The focal frequency loss of G's output against B (``train.lambda_frequency``)."""
+
+    def __init__(self, context: TermContext):
+        self.weights = {"G_freq": context.config.train.lambda_frequency}
+        self.logged = ("G_freq",)
+
+    @classmethod
+    def build(cls, context: TermContext) -> Term | None:
+        return cls(context) if context.config.train.lambda_frequency > 0 else None
+
+    def generator(self, batch: GeneratorBatch) -> Losses:
+        return {"G_freq": focal_frequency_loss(batch.fake_b, batch.real_b)}
+
+
 class ColorClassificationTerm(Term):
     """The rebalanced cross-entropy over ab bins (``train.color_loss = "classification"``,
     weighted by ``train.lambda_classification``), on the binned head's logits."""
@@ -284,6 +305,7 @@ TERMS: tuple[type[Term], ...] = (
     AdversarialTerm,
     FeatureMatchingTerm,
     ReconstructionTerm,
+    FrequencyTerm,
     ColorClassificationTerm,
     R1Term,
 )
