@@ -105,6 +105,18 @@ def test_the_frequency_term_weighs_in_by_its_option():
         context(lambda_frequency=-1.0).config.validate()
 
 
+def test_the_l1_weight_falls_with_the_learning_rate_by_its_decay_share():
+    objective = build_objective(context(lambda_l1=100.0, l1_decay=0.9), PairAugment())
+    for lr_factor, weight in [(1.0, 100.0), (0.5, 55.0), (0.0, 10.0)]:
+        objective.follow_schedule(lr_factor)
+        assert objective.weights["G_L1"] == pytest.approx(weight)
+    steady = build_objective(context(lambda_l1=100.0), PairAugment())
+    steady.follow_schedule(0.0)
+    assert steady.weights == {"G_L1": 100.0, "G_GAN": 1.0, "D_fake": 0.5, "D_real": 0.5}
+    with pytest.raises(ConfigError, match="l1_decay"):
+        context(l1_decay=1.5).config.validate()
+
+
 def test_the_focal_frequency_loss_leans_on_the_frequencies_most_wrong():
     torch.manual_seed(2)
     real = torch.rand(2, 3, 32, 32) * 2 - 1

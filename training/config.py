@@ -165,6 +165,10 @@ class TrainConfig:
     # frequency weighted by how wrong it is, so the high frequencies L1 blurs away weigh in
     # (0 = off; the paper's weight is 1).
     lambda_frequency: float = 0.0
+    # The L1 weight falls with the learning rate over the decay epochs, by this share of it
+    # (0 = constant; 0.9 takes lambda_l1 100 to 10): L1 holds the structure early and pulls
+    # towards the blurry mean late.
+    l1_decay: float = 0.0
     # Lazy R1 penalty (Mescheder et al. 2018, as in StyleGAN2): every r1_every D steps,
     # r1_gamma / 2 * E ||grad_B D(A, B)||^2 on real pairs, times r1_every, joins D's loss
     # (0 = off). D(A, B) is the mean patch logit; multi-scale D sums the scales' penalties.
@@ -254,6 +258,11 @@ class TrainConfig:
                     f"train.{key} acts through the discriminator, which train.lambda_gan = 0 "
                     f"leaves untrained: set train.lambda_gan > 0 or train.{key} = 0"
                 )
+        if not 0 <= self.l1_decay <= 1:
+            raise ConfigError(
+                f"train.l1_decay is the share of lambda_l1 the decay takes away, from 0 "
+                f"(constant) to 1 (down to 0); got {self.l1_decay}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(
                 f"train.ema_decay must be 0 (off) or between 0 and 1, e.g. 0.999; "

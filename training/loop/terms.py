@@ -152,6 +152,10 @@ class Term:
     def generator(self, batch: GeneratorBatch) -> Losses:
         return {}
 
+    def follow_schedule(self, lr_factor: float) -> None:
+        """Set ``weights`` for the point the run has reached: ``lr_factor`` is the learning
+        rate's share of ``train.lr``, 1 until the decay and 0 at its end. Most keep theirs."""
+
 
 class SemanticTerm(Term):
     """OASIS's segmenting discriminator (``train.lambda_semantic``): it labels real photos with
@@ -231,11 +235,18 @@ class FeatureMatchingTerm(Term):
 
 
 class ReconstructionTerm(Term):
-    """The L1 distance of G's output to B (``train.lambda_l1``), always on."""
+    """The L1 distance of G's output to B (``train.lambda_l1``), always on; with
+    ``train.l1_decay`` its weight falls with the learning rate, by that share of it at the end."""
 
     def __init__(self, context: TermContext):
-        self.weights = {"G_L1": context.config.train.lambda_l1}
+        self.weight = context.config.train.lambda_l1
+        self.decay = context.config.train.l1_decay
+        self.weights = {"G_L1": self.weight}
         self.logged = ("G_L1",)
+
+    def follow_schedule(self, lr_factor: float) -> None:
+        if self.decay:
+            self.weights["G_L1"] = self.weight * (1.0 - self.decay * (1.0 - lr_factor))
 
     @classmethod
     def build(cls, context: TermContext) -> Term | None:
@@ -319,6 +330,12 @@ class Objective:
         self.judge = judge
         self.weights = {name: w for term in terms for name, w in term.weights.items()}
         self.needs_features = any(term.needs_features for term in terms)
+
+    def follow_schedule(self, lr_factor: float) -> None:
+        """Weights for the point of the learning-rate schedule reached (see ``Term``)."""
+        for term in self.terms:
+            term.follow_schedule(lr_factor)
+        self.weights = {name: w for term in self.terms for name, w in term.weights.items()}
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -256,6 +256,7 @@ class Trainer:
         self.optimizer_g.zero_grad(set_to_none=True)
         for network in self.discriminators.values():
             network.requires_grad_(False)
+        self.objective.follow_schedule(self.lr_factor(self.step))
         losses = self.objective.generator_losses(real_a, real_b, fake_b, bin_logits)
         self.scaler_g.scale(self.objective.total(losses)).backward()
         self.scaler_g.step(self.optimizer_g)
