@@ -298,9 +298,11 @@ def _overridden(
     if inference_mode is not None and inference_mode != spec.inference_mode:
         spec = dataclasses.replace(spec, inference_mode=inference_mode)  # checks the name
         changes.append(f"in inference mode {inference_mode!r}")
-    if temperature is not None and temperature != spec.architecture.temperature:
-        spec = spec.with_temperature(temperature)
-        changes.append(f"at temperature {temperature:g}")
+    if temperature is not None:
+        tempered = spec.with_temperature(temperature)  # refuses a head without one
+        if tempered != spec:
+            spec = tempered
+            changes.append(f"at temperature {temperature:g}")
     if not changes:
         return spec, runtime
     weights = (folder / SAFETENSORS.weight_file).is_file()
