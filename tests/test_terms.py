@@ -117,6 +117,30 @@ def test_the_l1_weight_falls_with_the_learning_rate_by_its_decay_share():
         context(l1_decay=1.5).config.validate()
 
 
+def test_a_pooled_l1_sees_colors_and_layout_and_not_the_texture_inside_a_block():
+    pooled = build_objective(context(lambda_gan=0.0, l1_pool=4), PairAugment())
+    plain = build_objective(context(lambda_gan=0.0), PairAugment())
+    real_a, real_b = pairs()
+    # Texture that averages out over every 4 x 4 block: a +-0.5 checkerboard of period 2.
+    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    texture = 0.5 * (1 - 2 * ((rows + cols) % 2)).float()
+    textured = (real_b + texture).requires_grad_(True)
+    assert pooled.generator_losses(real_a, real_b, textured)["G_L1"].item() < 1e-6
+    assert plain.generator_losses(real_a, real_b, textured)["G_L1"].item() > 0.4
+    # A shift of color is a shift of every block's mean: the pooled L1 sees all of it.
+    shifted = (real_b + 0.3).requires_grad_(True)
+    loss = pooled.generator_losses(real_a, real_b, shifted)["G_L1"]
+    torch.testing.assert_close(loss, torch.tensor(0.3), rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert shifted.grad.abs().sum() > 0
+    config = context(l1_pool=3).config
+    refusal = r"train.l1_pool \(3\) must divide data.crop_size \(256\)"
+    with pytest.raises(ConfigError, match=refusal):
+        config.validate()
+    with pytest.raises(ConfigError, match="l1_pool"):
+        context(l1_pool=0).config.validate()
+
+
 def test_the_focal_frequency_loss_leans_on_the_frequencies_most_wrong():
     torch.manual_seed(2)
     real = torch.rand(2, 3, 32, 32) * 2 - 1

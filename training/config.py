@@ -169,6 +169,11 @@ class TrainConfig:
     # (0 = constant; 0.9 takes lambda_l1 100 to 10): L1 holds the structure early and pulls
     # towards the blurry mean late.
     l1_decay: float = 0.0
+    # L1 compares G's output and B as the means of l1_pool x l1_pool pixel blocks (1 = pixel by
+    # pixel): it holds colors and layout down to that scale and leaves the texture inside a
+    # block to the discriminator and feature matching (frequency separation, Fritsche et al.
+    # 2019). G_L1 logs the blocks' L1; validation's L1 stays per pixel.
+    l1_pool: int = 1
     # Lazy R1 penalty (Mescheder et al. 2018, as in StyleGAN2): every r1_every D steps,
     # r1_gamma / 2 * E ||grad_B D(A, B)||^2 on real pairs, times r1_every, joins D's loss
     # (0 = off). D(A, B) is the mean patch logit; multi-scale D sums the scales' penalties.
@@ -233,6 +238,7 @@ class TrainConfig:
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
         _choice("train.color_loss", self.color_loss, ("l1", "classification"))
         above_zero = ("lr", "batch_size", "d_steps", "r1_every", "log_every", "sample_every")
+        above_zero += ("l1_pool",)
         for key in (*above_zero, "save_every", "val_images"):
             _positive(f"train.{key}", getattr(self, key))
         counts = ("epochs", "epochs_decay", "max_steps", "early_stop_patience", "recalibrate_bn")
@@ -300,6 +306,11 @@ class Config:
             raise ConfigError(
                 f"data.crop_size ({self.data.crop_size}) must be a multiple of "
                 f"2**generator.num_downs ({2**self.generator.num_downs})"
+            )
+        if self.data.crop_size % self.train.l1_pool:
+            raise ConfigError(
+                f"train.l1_pool ({self.train.l1_pool}) must divide data.crop_size "
+                f"({self.data.crop_size}): L1 compares whole blocks of that side"
             )
         if self.generator.spade and self.data.input_kind == "label_map" and not self.data.one_hot:
             raise ConfigError(

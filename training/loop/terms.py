@@ -236,11 +236,13 @@ class FeatureMatchingTerm(Term):
 
 class ReconstructionTerm(Term):
     """The L1 distance of G's output to B (``train.lambda_l1``), always on; with
-    ``train.l1_decay`` its weight falls with the learning rate, by that share of it at the end."""
+    ``train.l1_decay`` its weight falls with the learning rate, by that share of it at the end;
+    with ``train.l1_pool`` it compares the means of pixel blocks of that side."""
 
     def __init__(self, context: TermContext):
         self.weight = context.config.train.lambda_l1
         self.decay = context.config.train.l1_decay
+        self.pool = context.config.train.l1_pool
         self.weights = {"G_L1": self.weight}
         self.logged = ("G_L1",)
 
@@ -253,7 +255,11 @@ class ReconstructionTerm(Term):
         return cls(context)
 
     def generator(self, batch: GeneratorBatch) -> Losses:
-        return {"G_L1": torch.nn.functional.l1_loss(batch.fake_b.float(), batch.real_b)}
+        fake, real = batch.fake_b.float(), batch.real_b
+        if self.pool > 1:
+            fake = torch.nn.functional.avg_pool2d(fake, self.pool)
+            real = torch.nn.functional.avg_pool2d(real.float(), self.pool)
+        return {"G_L1": torch.nn.functional.l1_loss(fake, real)}
 
 
 class FrequencyTerm(Term):
