@@ -83,17 +83,18 @@ def test_saved_config_round_trips():
 
 
 def test_shipped_configs_load():
-    for name in (
-        "synth-labels",
-        "synth-color",
-        *(
-            f"{prefix}{task}"
-            for prefix in ("", "paper-")
-            for task in ("facades", "cityscapes", "maps", "colorization")
-        ),
-    ):
-        config = load_config(Path(__file__).parent.parent / "configs" / f"{name}.toml")
-        assert config.name == name
+    shipped = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    expected = {"synth-labels", "synth-color", "edges", "demo-facades", "demo-gray2color"}
+    expected |= {
+        f"{prefix}{task}"
+        for prefix in ("", "paper-")
+        for task in ("facades", "cityscapes", "maps", "colorization")
+    }
+    assert expected <= {path.stem for path in shipped}
+    for path in shipped:
+        config = load_config(path)
+        assert config.name == path.stem
+        config.validate()
 
 
 def test_override_parsing():
