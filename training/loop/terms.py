@@ -334,14 +334,17 @@ class Objective:
     def __init__(self, terms: list[Term], judge: Judge | None):
         self.terms = terms
         self.judge = judge
-        self.weights = {name: w for term in terms for name, w in term.weights.items()}
+        self.weights = self._gather_weights()
         self.needs_features = any(term.needs_features for term in terms)
 
     def follow_schedule(self, lr_factor: float) -> None:
         """Weights for the point of the learning-rate schedule reached (see ``Term``)."""
         for term in self.terms:
             term.follow_schedule(lr_factor)
-        self.weights = {name: w for term in self.terms for name, w in term.weights.items()}
+        self.weights = self._gather_weights()
+
+    def _gather_weights(self) -> dict[str, float]:
+        return {name: w for term in self.terms for name, w in term.weights.items()}
 
     @property
     def names(self) -> tuple[str, ...]:
